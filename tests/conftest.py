@@ -1,0 +1,41 @@
+"""Shared fixtures: one embedded multi-role Ray cluster for the whole test run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER_YAML = REPO / "cluster.yaml"
+
+
+@pytest.fixture(scope="session")
+def node_types():
+    from medray.roles import load_node_types
+
+    return load_node_types(CLUSTER_YAML)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[object]:
+    """The local cluster of cluster.yaml (one node per node type), connected, for every test."""
+    from medray.local_cluster import local_cluster
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    with local_cluster(CLUSTER_YAML) as cluster:
+        yield cluster
+
+
+def pytest_collection_modifyitems(config, items):
+    # Tests that stop every Ray process on the machine (`medray down`) must run before the
+    # shared session cluster exists.
+    items.sort(key=lambda item: 0 if item.get_closest_marker("before_shared_cluster") else 1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "before_shared_cluster: runs before the shared cluster fixture starts"
+    )

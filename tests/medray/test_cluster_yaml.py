@@ -1,0 +1,67 @@
+"""cluster.yaml is a valid Ray launcher config, and the KubeRay manifest generated from it parses."""
+
+import copy
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from medray.roles import node_types_from_config
+
+from ..conftest import CLUSTER_YAML
+
+
+@pytest.fixture()
+def config():
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def test_validates_with_rays_launcher_schema(config):
+    validate_config(prepare_config(copy.deepcopy(config)))
+
+
+def test_schema_validation_is_not_vacuous(config):
+    config["available_node_types"]["infer-t4"]["price_per_hour"] = 0.5  # not a launcher key
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(prepare_config(config))
+
+
+def test_token_auth_is_on_for_every_ray_start(config):
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    ray_starts = [c for c in starts if "ray start" in c]
+    assert len(ray_starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in ray_starts)
+    assert "~/.ray/auth_token" in config["file_mounts"]
+
+
+def test_min_max_workers_and_prices(config):
+    for t in node_types_from_config(config):
+        assert 0 <= t.min_workers <= t.max_workers or t.is_head
+        assert t.price_per_hour > 0
+
+
+def test_kuberay_manifest_mirrors_the_node_types(config):
+    out = subprocess.run(
+        [sys.executable, "-m", "medray", "kuberay", "--config", str(CLUSTER_YAML)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    manifest = yaml.safe_load(out)
+    assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayCluster"
+    spec = manifest["spec"]
+    types = {t.name: t for t in node_types_from_config(config)}
+    assert spec["headGroupSpec"]["labels"]["medray.io/role"] == "coordinator"
+    groups = {g["labels"]["medray.io/node-type"]: g for g in spec["workerGroupSpecs"]}
+    assert set(groups) == {n for n, t in types.items() if not t.is_head}
+    for name, group in groups.items():
+        t = types[name]
+        assert group["labels"] == t.labels
+        assert (group["minReplicas"], group["maxReplicas"]) == (t.min_workers, t.max_workers)
+        pod = group["template"]["spec"]
+        assert pod["nodeSelector"]["medray.io/site"] == t.site
+        limits = pod["containers"][0]["resources"]["limits"]
+        assert limits.get("nvidia.com/gpu", 0) == int(t.gpus)
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]

@@ -1,0 +1,1 @@
+"""Applications that run on the medray platform."""

@@ -1,0 +1,1 @@
+"""Real-time diagnosis on Ray Serve."""

@@ -1,0 +1,1 @@
+"""Bulk preprocessing on Ray Data."""

@@ -1,0 +1,1 @@
+"""Research training on Ray Train and Ray Tune."""
