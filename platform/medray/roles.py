@@ -82,8 +82,11 @@ def default_config_path() -> Path:
     env = os.environ.get(CONFIG_ENV)
     if env:
         return Path(env)
-    local = Path.cwd() / "cluster.yaml"
-    if local.is_file():
+    try:
+        local = Path.cwd() / "cluster.yaml"
+    except FileNotFoundError:  # the working directory was removed under us
+        local = None
+    if local is not None and local.is_file():
         return local
     return Path(__file__).with_name("cluster.yaml")
 

@@ -1,0 +1,109 @@
+"""medray.imaging: HU, windows, resampling, crop/pad and InputSpec."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from medray.errors import ConfigError
+from medray.imaging import WINDOWS, InputSpec, apply_window, normalize_volume, resample, to_hu
+
+
+def _centroid(vol: np.ndarray) -> np.ndarray:
+    weight = vol - vol.min()
+    return (np.indices(vol.shape).reshape(3, -1) * weight.reshape(-1)).sum(axis=1) / weight.sum()
+
+
+def test_to_hu_applies_slope_and_intercept_as_float32():
+    stored = np.array([[0, 1000, 2000]], dtype=np.int16)
+    hu = to_hu(stored, 1.0, -1024.0)
+    assert hu.dtype == np.float32
+    np.testing.assert_array_equal(hu, [[-1024, -24, 976]])
+    np.testing.assert_allclose(to_hu(stored, 0.5, -10.0), [[-10, 490, 990]])
+    assert stored[0, 1] == 1000  # input untouched
+
+
+@pytest.mark.parametrize("name", sorted(WINDOWS))
+def test_named_windows_span_zero_to_one(name):
+    center, width = WINDOWS[name]
+    hu = np.array([center - width, center - width / 2, center, center + width / 2, center + width], np.float32)
+    out = apply_window(hu, name)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-6)
+
+
+def test_explicit_window_and_bad_windows():
+    np.testing.assert_allclose(apply_window(np.array([0.0, 50.0, 100.0]), (50, 100)), [0.0, 0.5, 1.0])
+    with pytest.raises(ValueError, match="unknown window"):
+        apply_window(np.zeros(3), "liver-ish")
+    with pytest.raises(ValueError, match="width > 0"):
+        apply_window(np.zeros(3), (40, 0))
+
+
+def test_resample_changes_shape_by_spacing_ratio_and_keeps_a_cube_in_place():
+    vol = np.full((40, 64, 96), -1000.0, np.float32)
+    vol[18:22, 20:28, 60:68] = 1000.0  # cube centred at voxel (19.5, 23.5, 63.5)
+    out = resample(vol, (1.0, 1.0, 1.0), target_spacing_mm=(2.0, 4.0, 0.5))
+    assert out.shape == (20, 16, 192) and out.dtype == np.float32
+    # Voxel centres map as (i + 0.5) * spacing, so physical positions must agree.
+    np.testing.assert_allclose((_centroid(out) + 0.5) * (2.0, 4.0, 0.5), (20.0, 24.0, 64.0), atol=0.3)
+    # Downsampling averages: the cube's mean intensity is kept rather than sampled.
+    assert abs(out.mean() - vol.mean()) < 1.0
+
+
+def test_resample_target_shape_crops_and_pads_with_air():
+    vol = np.arange(4 * 6 * 8, dtype=np.float32).reshape(4, 6, 8) - 1000.0
+    out = resample(vol, (1, 1, 1), target_shape=(6, 4, 8))
+    assert out.shape == (6, 4, 8)
+    np.testing.assert_array_equal(out[0], np.full((4, 8), vol.min()))  # padded z, value = minimum
+    np.testing.assert_array_equal(out[1:5], vol[:, 1:5, :])  # centred crop in y
+    assert resample(vol, (1, 1, 1)).shape == vol.shape
+
+
+def test_resample_rejects_bad_input():
+    with pytest.raises(ValueError, match="volume"):
+        resample(np.zeros((4, 4)), (1, 1, 1))
+    with pytest.raises(ValueError, match="spacing_mm"):
+        resample(np.zeros((4, 4, 4)), (1, 0, 1), target_spacing_mm=(2, 2, 2))
+
+
+def test_normalize_volume_gives_spec_shape_in_unit_range_quickly():
+    rng = np.random.default_rng(0)
+    hu = rng.normal(-500, 400, size=(20, 128, 128)).astype(np.float32)
+    spec = InputSpec()
+    normalize_volume(hu, (5.0, 2.8, 2.8), spec)  # warm-up (torch import, thread pool)
+    start = time.perf_counter()
+    out = normalize_volume(hu, (5.0, 2.8, 2.8), spec)
+    elapsed = time.perf_counter() - start
+    assert out.shape == spec.shape and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert elapsed < 0.1
+    raw = normalize_volume(hu, (5.0, 2.8, 2.8), InputSpec(window=None))
+    assert raw.min() < -100  # raw HU when window is None
+
+
+def test_input_spec_round_trips_through_json():
+    for spec in (InputSpec(), InputSpec(window=(40, 400), shape=(8, 32, 32)), InputSpec(window=None)):
+        again = InputSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+        assert again == spec and hash(again) == hash(spec)
+    assert InputSpec.from_dict({}) == InputSpec()
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"shape": [16, 64]}, "shape"),
+        ({"shape": [16, 64, 64.5]}, "shape"),
+        ({"spacing_mm": [6, -1, 6]}, "spacing_mm"),
+        ({"window": "lungs"}, "unknown window"),
+        ({"window": [10, 0]}, "width"),
+        ({"modality": ""}, "modality"),
+        ({"spacing": [1, 1, 1]}, "unknown keys"),
+    ],
+)
+def test_input_spec_rejects_bad_input_clearly(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        InputSpec.from_dict(bad)
+    with pytest.raises(ConfigError):
+        InputSpec.from_dict(["not", "a", "dict"])
