@@ -50,6 +50,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ray_start(args: argparse.Namespace) -> int:
+    import shlex
+
+    from medray.local_cluster import full_node_spec, ray_start_command
+    from medray.roles import load_node_types
+
+    types = {t.name: t for t in load_node_types(args.config)}
+    if args.node_type not in types:
+        raise MedrayError(f"no node type {args.node_type!r}; cluster.yaml has {sorted(types)}")
+    spec = full_node_spec(types[args.node_type])
+    cmd = ray_start_command(spec, head_address=None if spec.is_head else args.address)
+    print("RAY_AUTH_MODE=token " + shlex.join(cmd))
+    return 0
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from medray.synth import generate_cohort
 
@@ -104,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="a JSON list of node objects")
     st.add_argument("--address", default="auto", help="Ray address (default: the running cluster)")
     st.set_defaults(func=_cmd_status)
+
+    rs = sub.add_parser("ray-start", help="print the `ray start` command of an on-prem node of a type")
+    rs.add_argument("node_type")
+    rs.add_argument("--address", default="HEAD_IP:6379", help="head address for worker nodes")
+    rs.add_argument("--config")
+    rs.set_defaults(func=_cmd_ray_start)
 
     sy = sub.add_parser("synth", help="write a synthetic CT + EMR cohort")
     sy.add_argument("--patients", type=int, required=True)

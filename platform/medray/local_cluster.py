@@ -31,6 +31,7 @@ from medray.roles import SIMULATED_GPU_LABEL, NodeType, load_node_types
 
 __all__ = [
     "LocalNodeSpec",
+    "full_node_spec",
     "local_node_specs",
     "ray_start_command",
     "LocalCluster",
@@ -45,18 +46,24 @@ _MIB = 1024**2
 
 @dataclass(frozen=True)
 class LocalNodeSpec:
-    """How one node type is started on this machine."""
+    """How one node of a node type is started (``object_store_memory`` 0: Ray's default)."""
 
     node_type: NodeType
     num_cpus: float
     num_gpus: float
     resources: dict[str, float]
     labels: dict[str, str]
-    object_store_memory: int
+    object_store_memory: int = 0
 
     @property
     def is_head(self) -> bool:
         return self.node_type.is_head
+
+
+def full_node_spec(node_type: NodeType) -> LocalNodeSpec:
+    """The unscaled spec of a real node of this type (on-prem ``ray start``)."""
+    return LocalNodeSpec(node_type=node_type, num_cpus=node_type.cpus, num_gpus=node_type.gpus,
+                         resources=dict(node_type.custom_resources), labels=dict(node_type.labels))
 
 
 def local_node_specs(
@@ -118,9 +125,10 @@ def ray_start_command(spec: LocalNodeSpec, head_address: str | None = None) -> l
     cmd += [
         f"--num-cpus={spec.num_cpus:g}",
         f"--num-gpus={spec.num_gpus:g}",
-        f"--object-store-memory={spec.object_store_memory}",
         f"--labels={','.join(f'{k}={v}' for k, v in sorted(spec.labels.items()))}",
     ]
+    if spec.object_store_memory:
+        cmd.append(f"--object-store-memory={spec.object_store_memory}")
     if spec.resources:
         cmd.append(f"--resources={json.dumps(spec.resources, sort_keys=True)}")
     return cmd
