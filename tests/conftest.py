@@ -27,15 +27,3 @@ def ray_cluster() -> Iterator[object]:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     with local_cluster(CLUSTER_YAML) as cluster:
         yield cluster
-
-
-def pytest_collection_modifyitems(config, items):
-    # Tests that stop every Ray process on the machine (`medray down`) must run before the
-    # shared session cluster exists.
-    items.sort(key=lambda item: 0 if item.get_closest_marker("before_shared_cluster") else 1)
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "before_shared_cluster: runs before the shared cluster fixture starts"
-    )

@@ -31,17 +31,21 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_down(args: argparse.Namespace) -> int:
     from medray.local_cluster import down
 
-    down()
-    print("local cluster stopped")
+    print("local cluster stopped" if down() else "no local cluster is recorded as up")
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from medray.local_cluster import enable_client_token_auth, running_state
+
+    enable_client_token_auth()  # before Ray reads its config at import
     import ray
 
     from medray.status import format_table, node_rows
 
-    ray.init(address=args.address, logging_level="ERROR", log_to_driver=False)
+    state = running_state()
+    address = args.address or (state["address"] if state else "auto")
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     try:
         rows = node_rows()
     finally:
@@ -117,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="nodes with role, site, storage, accelerator, GPU health")
     st.add_argument("--json", action="store_true", help="a JSON list of node objects")
-    st.add_argument("--address", default="auto", help="Ray address (default: the running cluster)")
+    st.add_argument("--address", help="Ray address (default: the local cluster of `medray up`, "
+                    "else the latest one started here)")
     st.set_defaults(func=_cmd_status)
 
     rs = sub.add_parser("ray-start", help="print the `ray start` command of an on-prem node of a type")

@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +40,8 @@ __all__ = [
     "local_cluster",
     "up",
     "down",
+    "running_state",
+    "enable_client_token_auth",
     "state_file",
 ]
 
@@ -197,9 +201,17 @@ def state_file() -> Path:
     return Path(os.environ.get("MEDRAY_HOME", Path.home() / ".medray")) / "local-cluster.json"
 
 
-def _ray_env() -> dict[str, str]:
+# Every process of a persistent local cluster inherits this variable, so `down` stops exactly that
+# cluster's processes and never another Ray cluster of the same user (tests, notebooks).
+_MARKER_ENV = "MEDRAY_LOCAL_CLUSTER_ID"
+
+
+def _ray_env(cluster_id: str = "") -> dict[str, str]:
     # Token auth on: `ray start --head` creates ~/.ray/auth_token, later nodes read it.
-    return {**os.environ, "RAY_AUTH_MODE": "token"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    if cluster_id:
+        env[_MARKER_ENV] = cluster_id
+    return env
 
 
 def _ray_cli() -> str:
@@ -213,17 +225,20 @@ def up(config: str | Path | None = None, *, timeout_s: float = 120, **scale: Any
     specs = local_node_specs(load_node_types(config), **scale)
     subprocess.run([_ray_cli(), "get-auth-token", "--generate"], env=_ray_env(), check=True,
                    capture_output=True)
+    cluster_id = uuid.uuid4().hex
+    address = f"{_node_ip()}:{_free_port()}"
     head, *workers = specs
     try:
-        _run_ray_start(ray_start_command(head))
-        address = _head_address()
+        _run_ray_start([*ray_start_command(head), f"--port={address.rsplit(':', 1)[1]}"], cluster_id)
         for spec in workers:
-            _run_ray_start(ray_start_command(spec, head_address=address))
+            _run_ray_start(ray_start_command(spec, head_address=address), cluster_id)
         _wait_for_nodes(address, len(specs), timeout_s)
+        _wait_for_job_api(cluster_id, timeout_s)
     except BaseException:
-        down()  # never leave half a cluster behind
+        _stop_marked(cluster_id)  # never leave half a cluster behind
         raise
     state = {
+        "id": cluster_id,
         "address": address,
         "dashboard": "http://127.0.0.1:8265",
         "node_types": [s.node_type.name for s in specs],
@@ -235,30 +250,91 @@ def up(config: str | Path | None = None, *, timeout_s: float = 120, **scale: Any
     return state
 
 
-def down() -> None:
-    """Stop the persistent local cluster: like ``ray stop``, every Ray process of this user here."""
-    subprocess.run([_ray_cli(), "stop", "--force"], env=_ray_env(), check=False, capture_output=True)
+def enable_client_token_auth() -> None:
+    """Make this process a token-auth Ray client when a token exists and no mode is set.
+
+    ``ray.init(address="auto")`` does this by itself; an explicit address does not.
+    """
+    if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def running_state() -> dict[str, Any] | None:
+    """What :func:`up` recorded about the running local cluster, or None."""
+    try:
+        return json.loads(state_file().read_text())
+    except FileNotFoundError:
+        return None
+
+
+def down() -> bool:
+    """Stop the persistent local cluster (only its processes); False if none was recorded."""
+    state = running_state()
+    if state is None:
+        return False
+    _stop_marked(state["id"])
     state_file().unlink(missing_ok=True)
+    return True
 
 
-def _run_ray_start(cmd: list[str]) -> None:
+def _stop_marked(cluster_id: str, grace_s: float = 10.0) -> None:
+    import psutil
+
+    procs = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(_MARKER_ENV) == cluster_id:
+                procs.append(proc)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _node_ip() -> str:
+    import ray.util
+
+    return ray.util.get_node_ip_address()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_ray_start(cmd: list[str], cluster_id: str) -> None:
     # One node at a time: concurrent `ray start`s overload the GCS on a 2-core machine.
     cmd = [_ray_cli(), *cmd[1:]]
-    result = subprocess.run(cmd, env=_ray_env(), capture_output=True, text=True)
+    result = subprocess.run(cmd, env=_ray_env(cluster_id), capture_output=True, text=True)
     if result.returncode != 0:
         raise MedrayError(
             f"`{shlex.join(cmd)}` failed (exit {result.returncode}):\n{result.stderr[-2000:]}"
         )
 
 
-def _head_address() -> str:
-    # `ray start --head` records its address where `ray.init(address="auto")` looks for it.
-    from ray._private.services import find_bootstrap_address
-
-    address = find_bootstrap_address(None)
-    if not address:
-        raise MedrayError("`ray start --head` succeeded but recorded no cluster address")
-    return address
+def _wait_for_job_api(cluster_id: str, timeout_s: float) -> None:
+    """Submit a no-op job until the job server accepts it: agents register a while after the nodes."""
+    env = {**_ray_env(cluster_id), "RAY_ADDRESS": "http://127.0.0.1:8265"}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = subprocess.run([_ray_cli(), "job", "submit", "--", "true"], env=env,
+                                capture_output=True, text=True)
+        if result.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise MedrayError(f"the job server did not accept jobs within {timeout_s:.0f} s:\n"
+                              f"{result.stderr[-1000:]}")
+        time.sleep(2)
 
 
 def _wait_for_nodes(address: str, count: int, timeout_s: float) -> None:

@@ -11,11 +11,8 @@ import pytest
 
 from ..conftest import CLUSTER_YAML
 
-pytestmark = pytest.mark.before_shared_cluster
-
-
-def _ray_running():
-    return any(p.info["name"] == "gcs_server" for p in psutil.process_iter(["name"]))
+def _gcs_pids():
+    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "gcs_server"}
 
 
 def _medray(*args, env, timeout=240):
@@ -24,8 +21,7 @@ def _medray(*args, env, timeout=240):
 
 
 def test_up_status_job_submit_down(tmp_path):
-    if _ray_running():
-        pytest.skip("a Ray cluster is already running here; `medray down` would stop it")
+    gcs_before = _gcs_pids()
     env = {**os.environ, "MEDRAY_HOME": str(tmp_path / "home")}
     try:
         out = _medray("up", "--local", "--config", str(CLUSTER_YAML), env=env)
@@ -58,5 +54,5 @@ def test_up_status_job_submit_down(tmp_path):
         assert "LANDED train-h100" in submitted.stdout
     finally:
         _medray("down", env=env)
-    assert not _ray_running()
+    assert _gcs_pids() <= gcs_before, "`medray down` left its GCS running"
     assert not (tmp_path / "home" / "local-cluster.json").exists()
