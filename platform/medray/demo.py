@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from medray.report import write_report
 from medray.roles import NodeType, load_node_types
 from medray.scheduling import WorkloadProfile, place
 
@@ -87,7 +88,7 @@ def stage_placement(ctx: DemoContext) -> dict[str, Any]:
                      f"{node.get('node-type')} (role={node.get('role')}, site={node.get('site')})")
         landed[label] = node.get("node-type")
     ctx.say("\n".join(lines))
-    return {"landed": landed}
+    return {"where": landed}
 
 
 def stage_synth(ctx: DemoContext) -> dict[str, Any]:
@@ -140,6 +141,7 @@ def run_demo(
     ctx.say("\n== summary ==")
     for name, result in ctx.results.items():
         ctx.say(f"{name:18} {json.dumps(result, default=str)}")
-    ctx.say(f"demo finished in {time.monotonic() - t0:.0f} s; outputs in {out.resolve()}")
     (out / "summary.json").write_text(json.dumps(ctx.results, indent=2, default=str))
+    report = write_report(out, ctx.results)
+    ctx.say(f"demo finished in {time.monotonic() - t0:.0f} s; report {report.resolve()}")
     return ctx.results
