@@ -2,6 +2,9 @@
 
 Every workload asks here instead of naming nodes. The policy, in order:
 
+0. **CPU-only work goes to CPU-only node types first**, whatever its role order: GPU nodes take
+   CPU-only work only once the CPU nodes it may use are full (Ray's fallback does that part), so
+   CPU tasks never crowd out the GPUs' host CPUs while CPU nodes are free.
 1. **Site is a wall.** A profile pinned to a site only ever gets node types of that site (any role
    there, its own roles first). An unpinned profile only gets the roles it lists.
 2. **Roles are preferences.** Listed roles are tried in order; later roles are fallbacks.
@@ -11,6 +14,16 @@ Every workload asks here instead of naming nodes. The policy, in order:
 5. **Cheapest first.** Among equals, the lowest price for the share of the node the work takes
    (``price_per_hour × max(cpu share, gpu share)``).
 
+With a :class:`LoadSnapshot` (``place(profile, load=cluster_load())``) step 5 becomes **load-aware**:
+node types that can take the work right now come before full or absent ones, cool GPUs before hot
+ones, and price is weighed by how busy the type is (``price × (1 + busy share)``), so idle, cheap,
+cool nodes win.
+
+**Drained nodes are excluded.** GPU work never lands on a node whose GPU guard has drained it
+(:mod:`medray.guard`): every selector of a GPU profile gets ``ray.io/node-id: !in(…)``. The drained
+set comes from the load snapshot when one is given, else from the running broker (cached for
+:data:`DRAIN_CACHE_S`); without Ray or without a broker nothing is excluded.
+
 The result is a label selector naming the best node type plus a ``fallback_strategy`` naming the
 rest in order: Ray places the work on the first type with free capacity, so cheap nodes fill first
 and busy or absent types spill over to the next feasible one.
@@ -18,16 +31,36 @@ and busy or absent types spill over to the next feasible one.
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from medray.errors import PlacementError
+from medray.logs import get_logger
 from medray.roles import NODE_TYPE_LABEL, ROLES, SITE_LABEL, NodeType, load_node_types
 
-__all__ = ["LATENCY_CLASSES", "WorkloadProfile", "Placement", "place", "ray_options"]
+__all__ = [
+    "LATENCY_CLASSES",
+    "NODE_ID_LABEL",
+    "DRAIN_CACHE_S",
+    "WorkloadProfile",
+    "NodeLoad",
+    "LoadSnapshot",
+    "Placement",
+    "rank",
+    "place",
+    "ray_options",
+    "drained_nodes",
+    "cluster_load",
+]
 
 LATENCY_CLASSES = ("realtime", "interactive", "batch")
+NODE_ID_LABEL = "ray.io/node-id"  # set by Ray itself on every node
+DRAIN_CACHE_S = 1.0
+
+_log = get_logger("medray.scheduling")
 
 
 @dataclass(frozen=True)
@@ -57,11 +90,44 @@ class WorkloadProfile:
 
 
 @dataclass(frozen=True)
+class NodeLoad:
+    """One live node at one moment: free and total CPU/GPU, its hottest GPU, whether it is drained."""
+
+    node_id: str
+    node_type: str
+    free_cpus: float
+    free_gpus: float
+    total_cpus: float
+    total_gpus: float
+    gpu_temperature_c: float | None = None
+    drained: bool = False
+
+
+@dataclass(frozen=True)
+class LoadSnapshot:
+    """The cluster's load as placement sees it (:func:`cluster_load` takes one).
+
+    GPUs at or above ``warm_temperature_c`` count as hot.
+    """
+
+    nodes: tuple[NodeLoad, ...] = ()
+    warm_temperature_c: float = 80.0
+
+    @property
+    def drained_nodes(self) -> frozenset[str]:
+        return frozenset(n.node_id for n in self.nodes if n.drained)
+
+
+@dataclass(frozen=True)
 class Placement:
-    """The node types a profile may use, best first, and the Ray options that say so."""
+    """The node types a profile may use, best first, and the Ray options that say so.
+
+    ``excluded_nodes``: drained node ids that every selector rules out.
+    """
 
     profile: WorkloadProfile
     candidates: tuple[NodeType, ...]
+    excluded_nodes: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def node_type(self) -> NodeType:
@@ -72,6 +138,8 @@ class Placement:
         selector = {NODE_TYPE_LABEL: node_type.name}
         if self.profile.site is not None:
             selector[SITE_LABEL] = self.profile.site
+        if self.excluded_nodes:
+            selector[NODE_ID_LABEL] = f"!in({','.join(sorted(self.excluded_nodes))})"
         return selector
 
     @property
@@ -109,9 +177,7 @@ def _fits(profile: WorkloadProfile, t: NodeType) -> bool:
     return not profile.num_gpus or profile.gpu_memory_gb <= t.gpu_memory_gb
 
 
-def place(profile: WorkloadProfile, node_types: Sequence[NodeType] | None = None) -> Placement:
-    """Choose the feasible node types for ``profile``, best first (see the module docstring)."""
-    types = list(node_types) if node_types is not None else load_node_types()
+def _feasible(profile: WorkloadProfile, types: Sequence[NodeType]) -> list[NodeType]:
     if profile.site is not None:
         # Pinned: any role at that site, the head's coordinator role only if asked for.
         allowed = [
@@ -128,16 +194,133 @@ def place(profile: WorkloadProfile, node_types: Sequence[NodeType] | None = None
             f"{profile.num_gpus} GPU, {profile.gpu_memory_gb} GB GPU memory: "
             "add such a node type to cluster.yaml or ask for less"
         )
+    return feasible
 
-    def rank(t: NodeType) -> tuple[Any, ...]:
+
+def _load_key(profile: WorkloadProfile, t: NodeType, load: LoadSnapshot) -> tuple[Any, ...]:
+    live = [n for n in load.nodes if n.node_type == t.name and not n.drained]
+    fits_now = any(n.free_cpus >= profile.num_cpus and n.free_gpus >= profile.num_gpus for n in live)
+    temps = [n.gpu_temperature_c for n in live if n.gpu_temperature_c is not None]
+    hot = bool(profile.num_gpus and temps and min(temps) >= load.warm_temperature_c)
+    if profile.num_gpus:
+        total, free = sum(n.total_gpus for n in live), sum(n.free_gpus for n in live)
+    else:
+        total, free = sum(n.total_cpus for n in live), sum(n.free_cpus for n in live)
+    busy = 1.0 - free / total if total else 1.0
+    return (not fits_now, hot, _share_price(profile, t) * (1.0 + busy))
+
+
+def rank(
+    profile: WorkloadProfile, candidates: Sequence[NodeType], load: LoadSnapshot | None = None
+) -> list[NodeType]:
+    """Order feasible node types best first, by the policy of the module docstring (pure)."""
+
+    def key(t: NodeType) -> tuple[Any, ...]:
+        cpu_work_on_gpu_type = not profile.num_gpus and t.gpus > 0
         role_rank = profile.roles.index(t.role) if t.role in profile.roles else len(profile.roles)
         storage_miss = profile.storage is not None and t.storage != profile.storage
         cold = profile.latency == "realtime" and not (t.min_workers >= 1 or t.is_head)
-        return (role_rank, storage_miss, cold, _share_price(profile, t), t.name)
+        price = _load_key(profile, t, load) if load is not None else (_share_price(profile, t),)
+        return (cpu_work_on_gpu_type, role_rank, storage_miss, cold, *price, t.name)
 
-    return Placement(profile=profile, candidates=tuple(sorted(feasible, key=rank)))
+    return sorted(candidates, key=key)
 
 
-def ray_options(profile: WorkloadProfile, node_types: Sequence[NodeType] | None = None) -> dict[str, Any]:
-    """Shortcut for ``place(profile, node_types).ray_options()``."""
-    return place(profile, node_types).ray_options()
+def place(
+    profile: WorkloadProfile,
+    node_types: Sequence[NodeType] | None = None,
+    *,
+    load: LoadSnapshot | None = None,
+    drained: frozenset[str] | None = None,
+) -> Placement:
+    """Choose the feasible node types for ``profile``, best first (see the module docstring).
+
+    ``load``: rank by that snapshot's load too. ``drained``: node ids to keep GPU work off; by
+    default the load snapshot's drained nodes, else :func:`drained_nodes`.
+    """
+    types = list(node_types) if node_types is not None else load_node_types()
+    candidates = tuple(rank(profile, _feasible(profile, types), load))
+    excluded: frozenset[str] = frozenset()
+    if profile.num_gpus:
+        if drained is not None:
+            excluded = frozenset(drained)
+        else:
+            excluded = load.drained_nodes if load is not None else drained_nodes()
+    return Placement(profile=profile, candidates=candidates, excluded_nodes=excluded)
+
+
+def ray_options(
+    profile: WorkloadProfile,
+    node_types: Sequence[NodeType] | None = None,
+    *,
+    load: LoadSnapshot | None = None,
+    drained: frozenset[str] | None = None,
+) -> dict[str, Any]:
+    """Shortcut for ``place(profile, node_types, load=load, drained=drained).ray_options()``."""
+    return place(profile, node_types, load=load, drained=drained).ray_options()
+
+
+_drain_cache: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
+
+
+def drained_nodes() -> frozenset[str]:
+    """Node ids that GPU guards have drained, as the running broker knows them.
+
+    Empty when this process is not connected to Ray or no broker runs. Cached for
+    :data:`DRAIN_CACHE_S` so that placing many tasks costs at most one broker call a second.
+    """
+    global _drain_cache
+    if "ray" not in sys.modules:  # a process that never imported Ray is connected to no cluster
+        return frozenset()
+    import ray
+
+    if not ray.is_initialized():
+        return frozenset()
+    now = time.monotonic()
+    if now - _drain_cache[0] < DRAIN_CACHE_S:
+        return _drain_cache[1]
+    from medray.broker import get_broker  # the broker places its runs through this module
+
+    drained: frozenset[str] = frozenset()
+    broker = get_broker()
+    if broker is not None:
+        try:
+            drained = frozenset(ray.get(broker.drained_nodes.remote(), timeout=5))
+        except ray.exceptions.RayError:
+            # Fail open: a broker that does not answer must not stop all placement.
+            _log.warning("the broker did not answer; placing without drain exclusions")
+    _drain_cache = (now, drained)
+    return drained
+
+
+def cluster_load(*, warm_temperature_c: float = 80.0) -> LoadSnapshot:
+    """A :class:`LoadSnapshot` of the connected cluster.
+
+    Free CPU/GPU per node come from Ray; GPU temperatures and drains from the GPU guards' reports
+    to the broker (none without a broker).
+    """
+    import ray
+    from ray._private.state import available_resources_per_node
+
+    from medray.broker import get_broker
+
+    broker = get_broker()
+    health = ray.get(broker.node_health.remote()) if broker is not None else {}
+    free = available_resources_per_node()
+    nodes = []
+    for n in ray.nodes():
+        if not n["Alive"]:
+            continue
+        node_id, total, avail = n["NodeID"], n.get("Resources", {}), free.get(n["NodeID"], {})
+        reported = health.get(node_id, {})
+        nodes.append(NodeLoad(
+            node_id=node_id,
+            node_type=(n.get("Labels") or {}).get(NODE_TYPE_LABEL, ""),
+            free_cpus=avail.get("CPU", 0.0),
+            free_gpus=avail.get("GPU", 0.0),
+            total_cpus=total.get("CPU", 0.0),
+            total_gpus=total.get("GPU", 0.0),
+            gpu_temperature_c=reported.get("max_temperature_c"),
+            drained=bool(reported.get("drained", False)),
+        ))
+    return LoadSnapshot(nodes=tuple(nodes), warm_temperature_c=warm_temperature_c)

@@ -1,0 +1,324 @@
+"""The priority broker: decisions as a pure state machine, then lending and returning on the real cluster."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from medray.broker import (
+    BrokerCore,
+    BrokerPolicy,
+    Demand,
+    RunRecord,
+    broker_summary,
+    format_broker_summary,
+    report_checkpoint,
+    report_demand,
+    start_broker,
+    stop_broker,
+    submit_run,
+    watch_serve,
+    yield_requested,
+)
+from medray.errors import ConfigError, MedrayError
+from medray.scheduling import WorkloadProfile, place
+
+# Decisions, without Ray -----------------------------------------------------------------------
+
+POLICY = BrokerPolicy(pressure_grace_s=1.0, calm_s=5.0, demand_ttl_s=10.0)
+ANY = WorkloadProfile(roles=("train",), num_cpus=0)
+
+
+def run(run_id, priority="research", at=0.0):
+    return RunRecord(run_id=run_id, priority=priority, entrypoint="m:f", config={}, profile=ANY,
+                     submitted_at=at)
+
+
+def core_with(*runs):
+    core = BrokerCore(POLICY)
+    for r in runs:
+        core.add_run(r)
+    return core
+
+
+def actions(decisions):
+    return [(d.action, d.run_id) for d in decisions]
+
+
+def test_a_starved_lane_asks_the_lowest_priority_newest_runs_to_yield_after_the_grace():
+    core = core_with(run("batch-1", "batch", at=3), run("old", at=1), run("new", at=2))
+    core.report_demand(Demand("emergency", "emergency", pending=2, at=10.0))
+    assert core.tick(10.0) == [] and core.tick(10.9) == []  # within the grace: maybe just placing
+    assert actions(core.tick(11.0)) == [("yield", "new"), ("yield", "old")]
+    assert core.should_yield("new") and core.should_yield("old") and not core.should_yield("batch-1")
+    # Already yielding runs count against the need: nothing more is asked.
+    assert core.tick(11.5) == []
+    lend = [e for e in core.events if e.action == "lend"]
+    assert [e.subject for e in lend] == ["new", "old"]
+    assert "lane emergency (emergency) has 2 pending" in lend[0].reason
+
+
+def test_a_lane_only_preempts_lower_classes():
+    core = core_with(run("b", "batch"), run("r", "research"))
+    core.report_demand(Demand("nightly", "batch", pending=5, at=0.0))
+    assert actions(core.tick(2.0)) == [("yield", "r")]  # never the batch run: same class
+    core2 = core_with(run("b", "batch"))
+    core2.report_demand(Demand("nightly", "batch", pending=1, at=0.0))
+    assert core2.tick(2.0) == [] and core2.tick(3.0) == []
+    assert [e.action for e in core2.events].count("unmet") == 1  # said once per episode
+
+
+def test_lent_gpus_return_only_when_nothing_is_pending_or_borrowed_for_the_calm_time():
+    core = core_with(run("r"))
+    core.report_demand(Demand("emergency", "emergency", pending=1, at=0.0))
+    assert actions(core.tick(1.0)) == [("yield", "r")]
+    core.report_checkpoint("r", 40, "/ckpt/40")
+    core.run_ended(2.0, "r")
+    assert core.runs["r"].state == "yielded"
+    # The replica runs on the lent node: nothing pending, but borrowed, so no return.
+    core.report_demand(Demand("emergency", "emergency", pending=0, running=3, borrowed=1, at=2.0))
+    assert core.tick(2.0) == [] and core.tick(9.0) == []
+    # Serve scaled back: the calm time starts now.
+    core.report_demand(Demand("emergency", "emergency", pending=0, running=2, borrowed=0, at=9.5))
+    assert core.tick(9.5) == [] and core.tick(14.0) == []
+    assert actions(core.tick(14.5)) == [("resume", "r")]
+    assert core.runs["r"].state == "running" and core.runs["r"].attempt == 2
+    ret = [e for e in core.events if e.action == "return"][0]
+    assert "resume from step 40" in ret.reason
+
+
+def test_stale_pushed_demand_is_ignored():
+    core = core_with(run("r"))
+    core.report_demand(Demand("clinical", "clinical", pending=3, at=0.0))
+    assert core.tick(20.0) == []  # older than demand_ttl_s
+
+
+def test_run_endings_and_refusals():
+    core = core_with(run("r"))
+    core.run_ended(1.0, "r", error="ValueError")
+    assert core.runs["r"].state == "failed" and core.events[-1].reason == "raised ValueError"
+    core.add_run(run("r"))  # a failed run may be submitted again
+    with pytest.raises(MedrayError, match="already running"):
+        core.add_run(run("r"))
+    with pytest.raises(ConfigError, match="is a lane"):
+        core.add_run(run("e", "emergency"))
+    with pytest.raises(ConfigError, match="unknown priority"):
+        Demand("x", "urgent", pending=1)
+    with pytest.raises(ConfigError, match=">= 0"):
+        Demand("x", "clinical", pending=-1)
+
+
+def test_drain_reports_become_events_and_the_drained_set():
+    core = BrokerCore(POLICY)
+    core.report_node(1.0, "n" * 56, "infer-t4", drained=False, reasons=[], max_temperature_c=50.0)
+    core.report_node(2.0, "n" * 56, "infer-t4", drained=True, reasons=["gpu0:temperature"],
+                     max_temperature_c=91.0)
+    core.report_node(3.0, "n" * 56, "infer-t4", drained=True, reasons=["gpu0:temperature"],
+                     max_temperature_c=92.0)
+    assert core.drained_nodes() == ["n" * 56]
+    assert core.node_health()["n" * 56]["max_temperature_c"] == 92.0
+    core.report_node(4.0, "n" * 56, "infer-t4", drained=False, reasons=[], max_temperature_c=60.0)
+    assert [(e.action, e.subject) for e in core.events] == [("drain", "infer-t4"),
+                                                           ("undrain", "infer-t4")]
+    assert core.drained_nodes() == []
+
+
+def test_summary_formats_for_status():
+    assert format_broker_summary(None) == "broker: not running"
+    core = core_with(run("r"))
+    core.report_demand(Demand("emergency", "emergency", pending=1, at=0.0))
+    core.tick(1.0)
+    text = format_broker_summary(core.summary(1.0))
+    assert text.splitlines()[0].startswith("broker: LENDING")
+    assert "emergency > clinical > batch > research" in text
+    assert "run  r" in text and "yielding" in text and "lane emergency" in text and "lend" in text
+
+
+def test_helpers_without_a_broker_are_harmless():
+    assert yield_requested("nobody") is False
+    report_checkpoint("nobody", 1)  # no broker: nothing to tell, no error
+
+
+# On the real cluster --------------------------------------------------------------------------
+
+# The simulated H100 is the only node type with 60 GB GPUs: research holds it, the lane wants it.
+RESEARCH = WorkloadProfile(roles=("train",), num_cpus=0.1, num_gpus=1, gpu_memory_gb=60)
+REPLICA = WorkloadProfile(roles=("train",), num_cpus=0.1, num_gpus=1, gpu_memory_gb=60)
+LIVE_POLICY = BrokerPolicy(interval_s=0.2, pressure_grace_s=0.3, calm_s=1.5, demand_ttl_s=60)
+ENTRYPOINT = "tests.medray.test_broker:dummy_research"
+
+
+def dummy_research(config, *, run_id, resume_from):
+    """A research run in miniature: steps, a checkpoint every few steps and on a yield request."""
+    log = Path(config["log"])
+    step = int(Path(resume_from).read_text()) if resume_from else 0
+    node_type = ray.get_runtime_context().get_node_labels()["medray.io/node-type"]
+    _append(log, {"event": "start", "step": step, "node_type": node_type})
+
+    def checkpoint():
+        path = Path(config["dir"]) / f"step-{step:05d}"
+        path.write_text(str(step))
+        report_checkpoint(run_id, step, str(path))
+
+    while step < config["steps"]:
+        time.sleep(config["step_s"])
+        step += 1
+        _append(log, {"event": "step", "step": step})
+        if step % config["every"] == 0:
+            checkpoint()
+        if yield_requested(run_id, max_age_s=0.1):
+            checkpoint()
+            _append(log, {"event": "yield", "step": step})
+            return {"yielded_at": step}
+    _append(log, {"event": "done", "step": step})
+    return {"done": step}
+
+
+def _append(log, record):
+    with log.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_log(log):
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def wait_for(predicate, timeout_s=60.0, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def starts(log):
+    return [r for r in read_log(log) if r["event"] == "start"]
+
+
+def research_config(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    return {"log": str(tmp_path / "log.jsonl"), "dir": str(tmp_path / "ckpt"), "steps": 100_000,
+            "step_s": 0.05, "every": 20}
+
+
+@ray.remote
+class Holder:
+    def node_type(self):
+        return ray.get_runtime_context().get_node_labels()["medray.io/node-type"]
+
+
+@pytest.fixture
+def broker(ray_cluster):
+    stop_broker()
+    wait_for(lambda: ray.available_resources().get("GPU", 0) >= ray.cluster_resources()["GPU"],
+             what="every GPU to be free")
+    handle = start_broker(LIVE_POLICY)
+    yield handle
+    stop_broker()  # its runs are its tasks: they stop with it
+    wait_for(lambda: ray.available_resources().get("GPU", 0) >= ray.cluster_resources()["GPU"],
+             what="the broker's runs to release their GPUs")
+
+
+def run_state(run_id):
+    return {r["run_id"]: r for r in broker_summary()["runs"]}[run_id]
+
+
+def test_pushed_demand_borrows_research_gpus_and_gives_them_back(broker, tmp_path):
+    config = research_config(tmp_path)
+    log = Path(config["log"])
+    submit_run("study-a", ENTRYPOINT, config, profile=RESEARCH)
+    first = wait_for(lambda: starts(log), what="research to start")[0]
+    assert first == {"event": "start", "step": 0, "node_type": "train-h100"}
+
+    # An emergency replica wants the H100 that research holds: it waits, the lane says so.
+    replica = Holder.options(**place(REPLICA).ray_options()).remote()
+    ready, _ = ray.wait([replica.node_type.remote()], timeout=1)
+    assert not ready, "research did not hold the GPU"
+    report_demand("emergency", priority="emergency", pending=1)
+    assert ray.get(replica.node_type.remote(), timeout=60) == "train-h100"
+    wait_for(lambda: run_state("study-a")["state"] == "yielded", what="the run to be yielded")
+    yielded_at = [r for r in read_log(log) if r["event"] == "yield"][0]["step"]
+    assert run_state("study-a")["checkpoint_step"] == yielded_at
+
+    # The replica still runs on the lent node: the GPU stays lent past the calm time.
+    report_demand("emergency", priority="emergency", pending=0, running=1, borrowed=1)
+    time.sleep(LIVE_POLICY.calm_s + 1.0)
+    assert run_state("study-a")["state"] == "yielded"
+
+    ray.kill(replica)
+    report_demand("emergency", priority="emergency", pending=0, running=0, borrowed=0)
+    resumed = wait_for(lambda: starts(log)[1:], what="research to resume")[0]
+    assert resumed["step"] == yielded_at, "resumed from elsewhere than its yield checkpoint"
+    state = run_state("study-a")
+    assert state["state"] == "running" and state["attempt"] == 2 and state["yields"] == 1
+    actions = [(e["action"], e["subject"]) for e in broker_summary(events=50)["events"]]
+    assert [a for a in actions if a[1] == "study-a"] == [
+        ("submit", "study-a"), ("lend", "study-a"), ("yielded", "study-a"), ("return", "study-a")]
+
+
+@pytest.mark.timeout(180)
+def test_a_pending_serve_replica_borrows_research_gpus(broker, tmp_path):
+    from ray import serve
+
+    config = research_config(tmp_path)
+    log = Path(config["log"])
+    submit_run("study-b", ENTRYPOINT, config, profile=RESEARCH)
+    wait_for(lambda: starts(log), what="research to start")
+
+    @serve.deployment(ray_actor_options=place(REPLICA).ray_options())
+    class Replica:
+        def __call__(self):
+            return ray.get_runtime_context().get_node_labels()["medray.io/node-type"]
+
+    serve_was_running = _serve_running()
+    serve.start(proxy_location="Disabled")
+    try:
+        watch_serve("emergency", app="broker-test", deployment="Replica", priority="emergency")
+        # serve.run returns once the replica runs, which it can only do on the research GPU.
+        handle = serve.run(Replica.bind(), name="broker-test", route_prefix=None)
+        assert handle.remote().result(timeout_s=30) == "train-h100"
+        assert run_state("study-b")["state"] in ("yielding", "yielded")
+        lane = wait_for(lambda: [d for d in broker_summary()["lanes"] if d["borrowed"] == 1],
+                        what="the lane to show its borrowed replica")[0]
+        assert (lane["lane"], lane["source"], lane["pending"]) == ("emergency", "serve", 0)
+        serve.delete("broker-test")
+        resumed = wait_for(lambda: starts(log)[1:], what="research to resume")[0]
+        yielded_at = [r for r in read_log(log) if r["event"] == "yield"][0]["step"]
+        assert resumed["step"] == yielded_at
+    finally:
+        serve.delete("broker-test")
+        if not serve_was_running:
+            serve.shutdown()
+
+
+def _serve_running():
+    try:
+        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+    except ValueError:
+        return False
+    return True
+
+
+def _agree(rank, world, store_path, out_dir):
+    import torch.distributed as dist
+
+    from medray.broker import _all_ranks_agree
+
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
+    try:
+        Path(out_dir, f"rank{rank}").write_text(json.dumps([_all_ranks_agree(rank == 0),
+                                                           _all_ranks_agree(False)]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_ddp_one_rank_seeing_a_yield_stops_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_agree, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    answers = [json.loads((tmp_path / f"rank{r}").read_text()) for r in range(2)]
+    assert answers == [[True, False], [True, False]]
