@@ -3,7 +3,8 @@
 Modules, each one concept: ``roles`` (node types from cluster.yaml), ``scheduling`` (placement),
 ``local_cluster`` (the embedded cluster), ``status``, ``gpu``, ``synth`` (synthetic cohort),
 ``imaging`` / ``dicom_series`` / ``pseudonym`` (shared medical-data code), ``registry`` (models),
-``kuberay``, ``demo`` and ``cli``.
+``guard`` (per-node GPU guard), ``broker`` (priorities, lending GPUs), ``autoscaling``,
+``metrics``, ``logs``, ``report``, ``kuberay``, ``demo`` and ``cli``.
 """
 
 from medray.errors import MedrayError

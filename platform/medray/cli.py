@@ -41,6 +41,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     enable_client_token_auth()  # before Ray reads its config at import
     import ray
 
+    from medray.broker import broker_summary, format_broker_summary
     from medray.status import format_table, node_rows
 
     state = running_state()
@@ -48,9 +49,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     try:
         rows = node_rows()
+        broker = broker_summary(events=100 if args.broker else 20)
     finally:
         ray.shutdown()
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    if args.broker:
+        print(json.dumps(broker, indent=2))
+    elif args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+        print()
+        print(format_broker_summary(broker))
     return 0
 
 
@@ -121,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="nodes with role, site, storage, accelerator, GPU health")
     st.add_argument("--json", action="store_true", help="a JSON list of node objects")
+    st.add_argument("--broker", action="store_true",
+                    help="the priority broker's state and last 100 decisions as JSON")
     st.add_argument("--address", help="Ray address (default: the local cluster of `medray up`, "
                     "else the latest one started here)")
     st.set_defaults(func=_cmd_status)

@@ -27,7 +27,8 @@ def _gpu_readings_on_node() -> list[dict[str, Any]]:
 def node_rows(*, gpu_timeout_s: float = 20.0) -> list[dict[str, Any]]:
     """One dict per node of the connected Ray cluster (``ray.init`` first), by role then type.
 
-    Keys: node_id, node_type, role, site, storage, accelerator, alive, resources, gpus, gpu_health.
+    Keys: node_id, node_type, role, site, storage, accelerator, alive, resources, gpus, gpu_health,
+    drained (the GPU guard stopped new work there; see medray.guard).
     GPU readings come from NVML on each node itself, through a zero-CPU task pinned to that node.
     """
     import ray
@@ -47,6 +48,11 @@ def node_rows(*, gpu_timeout_s: float = 20.0) -> list[dict[str, Any]]:
         if ref not in ready_set:
             ray.cancel(ref, force=True)
 
+    from medray.broker import get_broker
+
+    broker = get_broker()
+    drains = ray.get(broker.node_health.remote(), timeout=gpu_timeout_s) if broker else {}
+
     rows = []
     for n in nodes:
         labels = n.get("Labels", {}) or {}
@@ -59,6 +65,9 @@ def node_rows(*, gpu_timeout_s: float = 20.0) -> list[dict[str, Any]]:
             health = "simulated GPU (no device)"
         else:
             health = health_summary([GpuReading(**g) for g in gpus])
+        drain = drains.get(n["NodeID"]) or {}
+        if drain.get("drained"):
+            health = f"DRAINED ({', '.join(drain['reasons'])}); {health}"
         rows.append(
             {
                 "node_id": n["NodeID"],
@@ -74,6 +83,7 @@ def node_rows(*, gpu_timeout_s: float = 20.0) -> list[dict[str, Any]]:
                 "address": n.get("NodeManagerAddress"),
                 "gpus": gpus or [],
                 "gpu_health": health,
+                "drained": bool(drain.get("drained")),
             }
         )
     role_order = {r: i for i, r in enumerate(ROLES)}

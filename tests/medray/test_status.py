@@ -7,7 +7,7 @@ import sys
 
 from medray.status import format_table, node_rows
 
-REQUIRED = {"node_id", "role", "site", "storage", "accelerator", "alive", "resources"}
+REQUIRED = {"node_id", "role", "site", "storage", "accelerator", "alive", "resources", "drained"}
 
 
 def test_one_row_per_node_type_with_its_labels(ray_cluster, node_types):
