@@ -1,0 +1,134 @@
+"""The diagnosis service's parts without a cluster: bodies, config, routing, FHIR, the pipeline."""
+
+import numpy as np
+import pytest
+import torch
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from pydantic import ValidationError
+
+from medray.dicom_series import REASONS
+from medray.errors import DicomError
+from medray.imaging import normalize_volume
+from medray.dicom_series import read_instance, volume_from_datasets
+from tests.workloads.diagnosis._dicom import ct_slice, series
+from tests.workloads.diagnosis.conftest import register_seeded
+from workloads.diagnosis.api import route_expert
+from workloads.diagnosis.app import deployment_options
+from workloads.diagnosis.config import REASON_STATUS, DiagnosisArgs
+from workloads.diagnosis.fhir import diagnostic_report
+from workloads.diagnosis.multipart import BodyError, encode_series, split_body
+from workloads.diagnosis.pipeline import load_model, peek, predict, prepare
+
+PATHS = dict(registry="/srv/registry", tokens="/srv/tokens.json", audit_log="/srv/audit.jsonl")
+
+
+def test_multipart_related_round_trip_and_single_instance():
+    instances = series(3)
+    body, content_type = encode_series(instances)
+    assert content_type.startswith('multipart/related; type="application/dicom"; boundary=')
+    assert split_body(content_type, body) == instances
+    assert split_body("application/dicom", instances[0]) == instances[:1]
+
+
+@pytest.mark.parametrize("content_type, body, status", [
+    ("text/plain", b"hello", 415),
+    (None, b"hello", 415),
+    ('multipart/related; type="image/jpeg"; boundary=x', b"", 415),
+    ('multipart/related; type="application/dicom"', b"--x\r\n\r\nabc\r\n--x--", 400),
+    ('multipart/related; type="application/dicom"; boundary=x', b"--x\r\n\r\nabc\r\n--x\r\n\r\ndef", 400),
+    ('multipart/related; type="application/dicom"; boundary=x',
+     b"--x\r\nContent-Type: text/plain\r\n\r\nabc\r\n--x--\r\n", 415),
+])
+def test_unusable_bodies_are_refused_with_a_status(content_type, body, status):
+    with pytest.raises(BodyError) as e:
+        split_body(content_type, body)
+    assert e.value.status == status
+
+
+def test_every_dicom_rejection_reason_has_a_4xx_status():
+    assert set(REASON_STATUS) == set(REASONS)
+    assert all(400 <= s < 500 for s in REASON_STATUS.values())
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"registry": "relative/dir"}, "relative"),
+    ({"experts": {"ct/chest": "nodule:1"}}, "MODALITY/BODYPART"),
+    ({"experts": {"CT/CHEST": "Nodule!"}}, "bad model name"),
+    ({"lanes": {"routine": {}}}, "exactly"),
+    ({"lanes": {"routine": {}, "emergency": {"min_replicas": 0}}}, "reserved capacity"),
+    ({"lanes": {"routine": {"min_replicas": 3, "max_replicas": 2}, "emergency": {}}}, "min_replicas"),
+    ({"max_batch_sise": 8}, "Extra inputs"),
+])
+def test_bad_arguments_fail_the_deploy_with_a_reason(change, message):
+    with pytest.raises(ValidationError, match=message):
+        DiagnosisArgs.model_validate({**PATHS, **change})
+
+
+def test_home_relative_paths_expand():
+    args = DiagnosisArgs.model_validate({**PATHS, "registry": "~/.medray/registry"})
+    assert args.registry.endswith("/.medray/registry") and not args.registry.startswith("~")
+
+
+def test_expert_routing_prefers_the_exact_body_part():
+    experts = {"CT/CHEST": "nodule:2", "CT/*": "nodule:1"}
+    assert route_expert(experts, "CT", "CHEST") == ("CT/CHEST", "nodule:2")
+    assert route_expert(experts, "CT", "") == ("CT/*", "nodule:1")
+    assert route_expert(experts, "MR", "CHEST") is None
+    assert route_expert({"CT/CHEST": "nodule:2"}, "CT", "HEAD") is None
+
+
+def test_replicas_are_placed_on_inference_nodes_with_training_nodes_as_fallback(node_types):
+    roles = {t.name: t.role for t in node_types}
+    options = deployment_options(DiagnosisArgs.model_validate(PATHS))
+    for name in ("ingress", "emergency"):
+        opts = options[name]["ray_actor_options"]
+        first = roles[opts["label_selector"]["medray.io/node-type"]]
+        fallbacks = [roles[f["label_selector"]["medray.io/node-type"]] for f in opts["fallback_strategy"]]
+        assert first == "infer" and set(fallbacks) <= {"infer", "train"} and "train" in fallbacks
+    assert options["ingress"]["ray_actor_options"]["num_gpus"] == 0.25
+    # Serve admits more than the routine limit, so that emergencies never queue in the proxy.
+    assert options["ingress"]["max_ongoing_requests"] > 32 + 128
+
+
+def _result(label="nodule_suspected", patient_ref="a1b2c3"):
+    return {
+        "finding": {"name": "lung_nodule", "probability": 0.81234, "label": label, "threshold": 0.5},
+        "model": "nodule:2", "expert": "CT/CHEST", "lane": "routine",
+        "study": {"study_ref": "2.25.123", "series_ref": "2.25.456", "patient_ref": patient_ref,
+                  "modality": "CT", "body_part": "CHEST", "instances": 20},
+    }
+
+
+@pytest.mark.parametrize("label", ["nodule_suspected", "no_nodule_detected"])
+def test_fhir_report_validates_as_r4_diagnostic_report(label):
+    report = diagnostic_report(_result(label), report_id="abc123", issued="2026-01-02T03:04:05+00:00")
+    parsed = DiagnosticReport.model_validate(report)  # raises on any structural error
+    assert parsed.status == "preliminary" and parsed.subject.reference == "Patient/a1b2c3"
+    assert float(parsed.contained[0].valueQuantity.value) == pytest.approx(0.81234)
+    assert ("conclusionCode" in report) == (label == "nodule_suspected")
+    no_patient = diagnostic_report(_result(patient_ref=None), report_id="x", issued="2026-01-02T03:04:05+00:00")
+    assert "subject" not in DiagnosticReport.model_validate(no_patient).model_dump(exclude_none=True)
+
+
+def test_peek_reads_routing_fields_and_refuses_non_dicom():
+    assert peek(ct_slice(modality="CT", body_part="CHEST ")) == ("CT", "CHEST")
+    with pytest.raises(DicomError) as e:
+        peek(b"Quixby^Zelphine MRN-CANARY-90210" * 10)
+    assert e.value.reason == "not_dicom" and "Quixby" not in str(e.value)
+
+
+def test_pipeline_runs_the_medray_normalisation_and_is_deterministic(tmp_path):
+    (tmp_path / "registry").mkdir()
+    ref = register_seeded(tmp_path / "registry", seed=5)
+    model = load_model(tmp_path / "registry", ref)
+    instances = series(4)
+    study = prepare(instances, model.spec, max_pixels=10**6)
+    volume = volume_from_datasets([read_instance(d) for d in instances])
+    np.testing.assert_array_equal(study.x, normalize_volume(volume.hu, volume.spacing_mm, model.spec))
+    probs = predict(model, np.stack([study.x, study.x]))
+    with torch.inference_mode():
+        expected = torch.sigmoid(model.module(torch.from_numpy(study.x)[None, None])).item()
+    assert probs == pytest.approx([expected, expected], abs=1e-6) and 0 < probs[0] < 1
+    with pytest.raises(DicomError) as e:
+        prepare(instances, model.spec, max_pixels=100)
+    assert e.value.reason == "too_large"
