@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from medray import audit_cli, auth_cli, serve_cli
 from medray.errors import MedrayError
 
 __all__ = ["main"]
@@ -166,6 +167,10 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--seed", type=int, default=0)
     de.add_argument("--only", nargs="*", help="run only these stages (e.g. cluster placement)")
     de.set_defaults(func=_cmd_demo)
+
+    audit_cli.add_parser(sub)  # medray audit verify PATH
+    auth_cli.add_parser(sub)   # medray token create|list|revoke
+    serve_cli.add_parser(sub)  # medray serve [CONFIG]
     return p
 
 
