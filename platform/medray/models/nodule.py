@@ -7,16 +7,25 @@ output is one logit per volume, ``(N,)`` (apply a sigmoid for a probability).
 Shapes below are for the default config (width 16, input 16 x 64 x 64)::
 
     (N, 1, 16, 64, 64)
-    stem     conv s(1,2,2) -> (N, 16, 16, 32, 32)   in-plane first: voxels are already coarse in z
-    stage 1  conv s2       -> (N, 32,  8, 16, 16)
-    stage 2  conv s2       -> (N, 64,  4,  8,  8)
-    stage 3  conv s2       -> (N, 128, 2,  4,  4)
-    pool     max ++ mean   -> (N, 256)             max keeps a small nodule's response
+    centre   (x - 0.4) * 4 -> (N, 1, 16, 64, 64)    lung parenchyma near 0, soft tissue near +2
+    pool     max (1,2,2)   -> (N, 1, 16, 32, 32)    max, not a strided conv: a 2-voxel nodule survives
+    stem     conv s1       -> (N, 16, 16, 32, 32)
+    stage 1  conv s2       -> (N, 32,  8, 16, 16)  ─ max ─┐
+    stage 2  conv s2       -> (N, 64,  4,  8,  8)  ─ max ─┤
+    stage 3  conv s2       -> (N, 128, 2,  4,  4)  ─ max, mean ─┤
+    pool     concatenated  -> (N, 352)             max keeps a small nodule's response at every scale
     head     linear        -> (N,)
 
-Every conv is 3x3x3 + GroupNorm + ReLU. GroupNorm rather than BatchNorm: it behaves the same for
-a serving batch of 1 and for small per-GPU training batches. Nothing here depends on memory
-layout or dtype, so ``channels_last_3d`` and autocast work.
+Every conv is 3x3x3 + BatchNorm + ReLU. Each choice was measured on the synthetic cohort (300-400
+training patients, flips, AdamW; sweeps in docs/research.md): with GroupNorm the net never left
+chance level in 40 epochs, with BatchNorm it did; centring the input, max-pooling in-plane before
+the stem (instead of a strided stem conv) and global max-pooling the two middle stages into the head
+(a short path from the label to the nodule-sized features) each shortened the plateau before the
+net finds the nodule: with all three and lr 5e-4, held-out AUC passed 0.9 within 9-14 epochs on
+every seed tried. In eval mode BatchNorm uses its running statistics, so a serving
+batch of 1 scores a volume exactly as a batch of 32 does; for DDP on GPUs, training converts it to
+SyncBatchNorm. Nothing here depends on memory layout or dtype, so ``channels_last_3d`` and autocast
+work.
 """
 
 from __future__ import annotations
@@ -34,6 +43,11 @@ from medray.imaging import InputSpec
 __all__ = ["DEFAULT_INPUT_SPEC", "NoduleNetConfig", "NoduleNet", "build_model"]
 
 DEFAULT_INPUT_SPEC = InputSpec()
+
+# The lung window maps HU to [0, 1]; this affine map centres it near lung parenchyma (0.4 is about
+# -750 HU) and spreads it to a few units, which measurably speeds up learning (module docstring).
+_INPUT_CENTER = 0.4
+_INPUT_SCALE = 4.0
 
 
 @dataclass(frozen=True)
@@ -61,11 +75,11 @@ class NoduleNetConfig:
         return d
 
 
-def _conv(c_in: int, c_out: int, stride: int | tuple[int, int, int]) -> nn.Sequential:
-    """3x3x3 conv (no bias: the norm that follows has one) + GroupNorm + ReLU."""
+def _conv(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    """3x3x3 conv (no bias: the norm that follows has one) + BatchNorm + ReLU."""
     return nn.Sequential(
         nn.Conv3d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
-        nn.GroupNorm(num_groups=8, num_channels=c_out),
+        nn.BatchNorm3d(c_out),
         nn.ReLU(inplace=True),
     )
 
@@ -77,14 +91,15 @@ class NoduleNet(nn.Module):
         super().__init__()
         self.config = config
         w = config.width
-        self.features = nn.Sequential(
-            _conv(1, w, stride=(1, 2, 2)),  # (N, w, D, H/2, W/2)
-            _conv(w, 2 * w, stride=2),  # (N, 2w, D/2, H/4, W/4)
-            _conv(2 * w, 4 * w, stride=2),  # (N, 4w, D/4, H/8, W/8)
-            _conv(4 * w, 8 * w, stride=2),  # (N, 8w, D/8, H/16, W/16)
+        self.stem = nn.Sequential(
+            nn.MaxPool3d(kernel_size=(1, 2, 2)),  # (N, 1, D, H/2, W/2)
+            _conv(1, w, stride=1),  # (N, w, D, H/2, W/2)
         )
+        self.stage1 = _conv(w, 2 * w, stride=2)  # (N, 2w, D/2, H/4, W/4)
+        self.stage2 = _conv(2 * w, 4 * w, stride=2)  # (N, 4w, D/4, H/8, W/8)
+        self.stage3 = _conv(4 * w, 8 * w, stride=2)  # (N, 8w, D/8, H/16, W/16)
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(2 * 8 * w, 1)
+        self.head = nn.Linear((2 + 4 + 8 + 8) * w, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != (1, *self.config.in_shape):
@@ -94,8 +109,12 @@ class NoduleNet(nn.Module):
                 f"NoduleNet expects input (N, 1, {', '.join(map(str, self.config.in_shape))}), "
                 f"got {tuple(x.shape)}: normalise with medray.imaging.normalize_volume and the model's InputSpec"
             )
-        f = self.features(x)  # (N, 8w, d, h, w)
-        pooled = torch.cat([f.amax(dim=(2, 3, 4)), f.mean(dim=(2, 3, 4))], dim=1)  # (N, 16w)
+        f1 = self.stage1(self.stem((x - _INPUT_CENTER) * _INPUT_SCALE))  # (N, 2w, D/2, H/4, W/4)
+        f2 = self.stage2(f1)  # (N, 4w, D/4, H/8, W/8)
+        f3 = self.stage3(f2)  # (N, 8w, D/8, H/16, W/16)
+        spatial = (2, 3, 4)
+        pooled = torch.cat([f1.amax(dim=spatial), f2.amax(dim=spatial),
+                            f3.amax(dim=spatial), f3.mean(dim=spatial)], dim=1)  # (N, 22w)
         return self.head(self.dropout(pooled)).squeeze(1)  # (N,)
 
 

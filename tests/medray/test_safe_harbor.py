@@ -1,0 +1,192 @@
+"""medray.safe_harbor: vectorised HIPAA Safe Harbor de-identification of EMR tables (no cluster)."""
+
+import json
+from datetime import date, datetime, timedelta
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+
+import medray.safe_harbor as safe_harbor
+from medray.errors import ConfigError
+from medray.pseudonym import date_shift_days, pseudonym
+from medray.safe_harbor import (
+    OLDEST_AGE_GROUP,
+    RESTRICTED_ZIP3,
+    EmrMapping,
+    TableMapping,
+    age_group,
+    deidentify_table,
+)
+from medray.synth import generate_cohort
+
+KEY = b"k" * 32
+MAPPING = EmrMapping.default()
+REFERENCE = MAPPING.age_reference_date
+
+
+@pytest.fixture(scope="module")
+def emr(tmp_path_factory) -> dict[str, pa.Table]:
+    out = tmp_path_factory.mktemp("cohort")
+    generate_cohort(out, patients=30, rows=32, slices=2, nodule_fraction=0.0)
+    return {"patients": pq.read_table(out / "emr/patients.parquet"),
+            "encounters": pq.read_table(out / "emr/encounters.parquet"),
+            "labs": pa_csv.read_csv(out / "emr/labs.csv"),
+            "diagnoses": pa_csv.read_csv(out / "emr/diagnoses.csv")}
+
+
+def deid(table: pa.Table, name: str):
+    return deidentify_table(table, MAPPING.tables[name], KEY, age_reference_date=REFERENCE)
+
+
+def cells(table: pa.Table) -> set[str]:
+    return {str(v) for col in table.columns for v in col.to_pylist() if v is not None}
+
+
+def test_identifiers_of_the_synthetic_cohort_are_gone(emr):
+    people = emr["patients"].to_pylist()
+    canaries = {p[k] for p in people for k in ("mrn", "first_name", "last_name", "street_address",
+                                               "city", "zip", "phone", "email", "ssn",
+                                               "insurance_plan_id", "account_number")}
+    canaries |= {str(p["birth_date"]) for p in people}
+    canaries |= set(emr["encounters"]["attending_physician"].to_pylist())
+    canaries |= set(emr["encounters"]["encounter_id"].to_pylist())
+    for name, table in emr.items():
+        out = cells(deid(table, name).table)
+        leaked = {c for c in canaries if any(c in v for v in out)}
+        assert not leaked, f"{name}: {len(leaked)} identifiers leaked"
+
+
+def test_patient_pseudonym_matches_the_dicom_rule_row_by_row(emr):
+    for name, table in emr.items():
+        result = deid(table, name).table
+        assert result.column_names[0] == "patient_pseudonym"
+        expected = [pseudonym(KEY, m, kind="patient") for m in table["mrn"].to_pylist()]
+        assert result["patient_pseudonym"].to_pylist() == expected
+
+
+def test_dates_and_timestamps_shift_by_the_patient_offset(emr):
+    enc, labs = emr["encounters"], emr["labs"]
+    out = deid(enc, "encounters").table
+    for mrn, before, after in zip(enc["mrn"].to_pylist(), enc["admit_date"].to_pylist(),
+                                  out["admit_date"].to_pylist()):
+        assert after == before + timedelta(days=date_shift_days(KEY, mrn))
+    out = deid(labs, "labs").table
+    assert out["collected_at"].type == labs["collected_at"].type
+    for mrn, before, after in zip(labs["mrn"].to_pylist(), labs["collected_at"].to_pylist(),
+                                  out["collected_at"].to_pylist()):
+        assert after == before + timedelta(days=date_shift_days(KEY, mrn))
+
+
+def test_birth_dates_of_people_over_89_are_suppressed_and_aged_90_plus(emr):
+    patients = emr["patients"]
+    out = deid(patients, "patients").table
+    assert out.column_names[:3] == ["patient_pseudonym", "birth_date", "age"]
+    seen_old = 0
+    for mrn, born, shifted, age in zip(patients["mrn"].to_pylist(), patients["birth_date"].to_pylist(),
+                                       out["birth_date"].to_pylist(), out["age"].to_pylist()):
+        years = REFERENCE.year - born.year - ((REFERENCE.month, REFERENCE.day) < (born.month, born.day))
+        assert age == age_group(years)
+        if years > 89:
+            seen_old += 1
+            assert age == OLDEST_AGE_GROUP and shifted is None
+        else:
+            assert shifted == born + timedelta(days=date_shift_days(KEY, mrn))
+    assert seen_old >= 1  # the cohort guarantees old patients: the rule was exercised
+
+
+def test_zip3_with_the_low_population_rule():
+    table = pa.table({"mrn": ["a", "b", "c", "d", "e", "f"],
+                      "zip": ["02114", "03601", "97201-1234", "ABCDE", None, " 89011 "]})
+    mapping = TableMapping(patient_id="mrn", columns={"zip": "zip"})
+    out = deidentify_table(table, mapping, KEY, age_reference_date=REFERENCE).table
+    assert out["zip"].to_pylist() == ["021", "000", "972", None, None, "000"]
+    ints = pa.table({"mrn": ["a", "b"], "zip": pa.array([2114, 3601], pa.int64())})
+    out = deidentify_table(ints, mapping, KEY, age_reference_date=REFERENCE).table
+    assert out["zip"].to_pylist() == ["021", "000"]  # leading zeros restored first
+    assert len(RESTRICTED_ZIP3) == 17
+
+
+def test_ages_over_89_are_grouped():
+    table = pa.table({"mrn": ["a", "b", "c", "d"], "age": pa.array([45, 89, 90, 104.5])})
+    mapping = TableMapping(patient_id="mrn", columns={"age": "age"})
+    out = deidentify_table(table, mapping, KEY, age_reference_date=REFERENCE).table
+    assert out["age"].to_pylist() == ["45", "89", "90+", "90+"]
+
+
+def test_unmapped_and_free_text_columns_are_dropped_and_reported(emr):
+    encounters = emr["encounters"].append_column("pager", pa.array(["555"] * emr["encounters"].num_rows))
+    result = deid(encounters, "encounters")
+    assert "note" not in result.table.column_names and result.roles["note"] == "free_text"
+    assert "attending_physician" not in result.table.column_names
+    assert "pager" not in result.table.column_names and result.unmapped_dropped == ("pager",)
+
+
+def test_rows_without_a_patient_id_are_dropped():
+    table = pa.table({"mrn": ["a", None, "  ", "b"], "v": [1, 2, 3, 4]})
+    result = deidentify_table(table, TableMapping(patient_id="mrn", columns={"v": "keep"}), KEY,
+                              age_reference_date=REFERENCE)
+    assert result.table["v"].to_pylist() == [1, 4]
+    assert (result.rows_in, result.rows_without_patient_id) == (4, 2)
+
+
+def test_pseudonymised_ids_join_across_tables(emr):
+    encounters = deid(emr["encounters"], "encounters").table
+    labs = deid(emr["labs"], "labs").table
+    assert set(labs["encounter_id"].to_pylist()) <= set(encounters["encounter_id"].to_pylist())
+    raw = emr["encounters"]["encounter_id"].to_pylist()
+    assert encounters["encounter_id"].to_pylist() == [pseudonym(KEY, e, kind="encounter_id") for e in raw]
+
+
+def test_keyed_functions_run_once_per_distinct_value_not_per_row(emr, monkeypatch):
+    calls = []
+    real = safe_harbor.pseudonym
+    def counting(key, value, *, kind):
+        calls.append(kind)
+        return real(key, value, kind=kind)
+
+    monkeypatch.setattr(safe_harbor, "pseudonym", counting)
+    labs = emr["labs"]
+    deid(labs, "labs")
+    assert calls.count("patient") == len(set(labs["mrn"].to_pylist())) < labs.num_rows
+    assert calls.count("encounter_id") == len(set(labs["encounter_id"].to_pylist())) < labs.num_rows
+
+
+def test_mapping_files_round_trip_and_are_validated(tmp_path):
+    path = tmp_path / "mapping.json"
+    path.write_text(json.dumps(MAPPING.to_dict()))
+    assert EmrMapping.load(path) == MAPPING
+    yaml_path = tmp_path / "mapping.yaml"
+    yaml_path.write_text("version: 1\nage_reference_date: 2023-06-30\ntables:\n"
+                         "  visits: {patient_id: mrn, columns: {seen_on: date}}\n")
+    loaded = EmrMapping.load(yaml_path)
+    assert loaded.age_reference_date == date(2023, 6, 30)
+    assert loaded.tables["visits"].columns == {"seen_on": "date"}
+    with pytest.raises(ConfigError, match="unknown roles"):
+        TableMapping(patient_id="mrn", columns={"name": "hash"})
+    with pytest.raises(ConfigError, match="age_reference_date"):
+        EmrMapping.from_dict({"version": 1, "tables": {"t": {"patient_id": "mrn"}}})
+    with pytest.raises(ConfigError, match="patient_id column"):
+        deidentify_table(pa.table({"id": ["x"]}), TableMapping(patient_id="mrn"), KEY,
+                         age_reference_date=REFERENCE)
+
+
+def test_text_dates_are_parsed_or_refused_without_quoting_values():
+    mapping = TableMapping(patient_id="mrn", columns={"seen": "date"})
+    ok = pa.table({"mrn": ["a"], "seen": ["2021-03-04"]})
+    out = deidentify_table(ok, mapping, KEY, age_reference_date=REFERENCE).table
+    assert out["seen"].to_pylist() == [date(2021, 3, 4) + timedelta(days=date_shift_days(KEY, "a"))]
+    bad = pa.table({"mrn": ["a"], "seen": ["Jane Doe visited"]})
+    with pytest.raises(ConfigError) as raised:
+        deidentify_table(bad, mapping, KEY, age_reference_date=REFERENCE)
+    assert "Jane" not in str(raised.value)
+
+
+def test_timestamps_of_any_unit_shift_by_whole_days():
+    for unit in ("s", "ms", "us", "ns"):
+        t = pa.table({"mrn": ["a"], "at": pa.array([datetime(2020, 2, 29, 13, 5)], pa.timestamp(unit))})
+        out = deidentify_table(t, TableMapping(patient_id="mrn", columns={"at": "date"}), KEY,
+                               age_reference_date=REFERENCE).table
+        shift = timedelta(days=date_shift_days(KEY, "a"))
+        assert out["at"].to_pylist()[0] == datetime(2020, 2, 29, 13, 5) + shift

@@ -1,0 +1,376 @@
+"""DICOM bulk preprocessing on Ray Data: de-identified, normalised CT volumes as Parquet shards.
+
+    python -m workloads.preprocess.dicom --input IN --output OUT [--key-file F]
+        [--window lung|mediastinum|brain|bone|none] [--spacing Z Y X] [--shape D H W]
+        [--retain-dates] [--retain-patient-characteristics] [--resume] [--concurrency N]
+
+or, from a notebook connected to the cluster, :func:`preprocess_dicom`. Two Ray Data passes run
+on prep nodes (placement from :mod:`medray.scheduling`, spilling onto idle inference and training
+nodes): a header scan that groups every file under IN into series, then one task per series that
+de-identifies, normalises and writes it (:mod:`workloads.preprocess.series`). Outputs under OUT:
+
+* ``volumes/<pseudonymous series UID>.parquet`` (schema: :mod:`medray.shards`),
+* ``quarantine.parquet`` (path relative to IN, reason code, PHI-free message),
+* ``manifest.json`` (schema version, key id, options, counts, node types, timings).
+
+Same input and key give byte-identical Parquet files; ``--resume`` skips series already written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from medray.deid import PROFILE_CODES, TABLE_VERSION, DeidOptions, method_description
+from medray.errors import ConfigError, MedrayError
+from medray.imaging import WINDOWS, InputSpec
+from medray.logs import get_logger
+from medray.metrics import counter
+from medray.pseudonym import key_id, load_key
+from medray.shards import SCHEMA_VERSION, VOLUMES_DIR
+from workloads.preprocess.runs import (
+    MANIFEST,
+    QUARANTINE,
+    QUARANTINE_SCHEMA,
+    Quarantined,
+    connect,
+    default_concurrency,
+    format_table,
+    list_files,
+    map_options,
+    node_type_here,
+    placement,
+    read_manifest,
+    write_manifest,
+    write_quarantine,
+)
+from workloads.preprocess.series import (
+    DicomOptions,
+    Scanned,
+    process_series,
+    quiet_pydicom,
+    scan_file,
+    shard_path,
+)
+
+__all__ = ["DicomOptions", "Summary", "preprocess_dicom", "main"]
+
+PIPELINE = "workloads.preprocess.dicom"
+_log = get_logger("preprocess.dicom")
+# Few, long tasks: each Ray Data task costs tens of milliseconds to schedule on a busy node.
+_FILES_PER_SCAN_BLOCK = 2048
+_SERIES_PER_BLOCK = 8
+_MAX_SERIES_BLOCKS = 1000
+
+_SCAN_SCHEMA = pa.schema([
+    ("path", pa.string()), ("study_uid", pa.string()), ("series_uid", pa.string()),
+    ("reason", pa.string()), ("message", pa.string()), ("node_type", pa.string()),
+    ("cpu_seconds", pa.float64()),
+])
+_SERIES_SCHEMA = pa.schema([
+    ("series_uid", pa.string()), ("written", pa.bool_()), ("n_instances", pa.int32()),
+    ("node_type", pa.string()), ("seconds", pa.string()),
+    ("quarantine", pa.list_(pa.struct(list(QUARANTINE_SCHEMA)))),
+])
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a run did: counts by outcome, quarantined files by reason, wall time, where it ran."""
+
+    output: Path
+    files: int
+    series_written: int
+    series_skipped: int
+    series_quarantined: int
+    slices: int
+    quarantined: dict[str, int]
+    seconds: float
+    node_types: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def quarantined_files(self) -> int:
+        return sum(self.quarantined.values())
+
+    def table(self) -> str:
+        """The final summary table printed by the CLI."""
+        rows: list[tuple[str, Any]] = [
+            ("input files", self.files),
+            ("series written", self.series_written),
+            ("series skipped (resume)", self.series_skipped),
+            ("series quarantined", self.series_quarantined),
+            ("slices in output", self.slices),
+            ("files quarantined", self.quarantined_files),
+        ]
+        rows += [(f"  {reason}", n) for reason, n in sorted(self.quarantined.items())]
+        where = ", ".join(f"{k}={v}" for k, v in sorted(self.node_types.items()))
+        rows += [("series by node type", where or "-"), ("seconds", f"{self.seconds:.1f}")]
+        return format_table(f"DICOM preprocessing -> {self.output}", rows)
+
+
+# --- Ray Data tasks (run on prep nodes) ------------------------------------------------------
+
+def _scan_batch(batch: pa.Table, root: str, key: bytes) -> pa.Table:
+    quiet_pydicom()
+    node = node_type_here()
+    rows = []
+    for path in batch.column("path").to_pylist():
+        cpu = time.process_time()
+        try:
+            s = scan_file(Path(root), path, key)
+        except Exception as e:  # a bug must not kill the job
+            s = Scanned(path, quarantined=Quarantined(
+                path, "internal_error", f"unexpected {type(e).__name__} while scanning: report it"))
+        q = s.quarantined
+        rows.append({"path": path, "study_uid": s.study_uid, "series_uid": s.series_uid,
+                     "reason": q.reason if q else None, "message": q.message if q else None,
+                     "node_type": node, "cpu_seconds": time.process_time() - cpu})
+    return pa.Table.from_pylist(rows, schema=_SCAN_SCHEMA)
+
+
+def _series_batch(batch: pa.Table, root: str, out: str, key: bytes, options: DicomOptions) -> pa.Table:
+    quiet_pydicom()
+    node = node_type_here()
+    rows = []
+    for unit in batch.to_pylist():
+        try:
+            r = process_series(Path(root), unit["series_uid"], unit["paths"], Path(out), key, options)
+            quarantined, written, n, seconds = r.quarantined, r.written, r.n_instances, r.seconds
+        except Exception as e:  # a bug must not kill the job or lose the other series
+            message = f"unexpected {type(e).__name__} while processing the series: report it"
+            quarantined = tuple(Quarantined(p, "internal_error", message) for p in unit["paths"])
+            written, n, seconds = False, len(unit["paths"]), {}
+        rows.append({"series_uid": unit["series_uid"], "written": written, "n_instances": n,
+                     "node_type": node, "seconds": json.dumps(seconds),
+                     "quarantine": [vars(q) for q in quarantined]})
+    return pa.Table.from_pylist(rows, schema=_SERIES_SCHEMA)
+
+
+# --- The driver ------------------------------------------------------------------------------
+
+def _prepare_output(out: Path, options: DicomOptions, key: bytes) -> None:
+    """A fresh run removes its own previous outputs; a resumed one checks they match."""
+    previous = read_manifest(out)
+    if options.resume and previous is not None:
+        same = (previous.get("schema_version") == SCHEMA_VERSION
+                and previous.get("key_id") == key_id(key)
+                and previous.get("options") == options.to_dict())
+        if not same:
+            raise ConfigError(
+                f"{out} was written with another key, options or schema version: resume with the "
+                "same ones, or run without --resume to start over"
+            )
+    elif not options.resume:
+        # Only files this pipeline writes: never anything else a user keeps in OUT.
+        shutil.rmtree(out / VOLUMES_DIR, ignore_errors=True)
+        for name in (QUARANTINE, MANIFEST):
+            (out / name).unlink(missing_ok=True)
+    for stale in (out / VOLUMES_DIR).glob(".*.tmp"):  # left by an interrupted run
+        stale.unlink(missing_ok=True)
+
+
+def _group(scanned: pa.Table) -> tuple[list[dict[str, Any]], list[Quarantined]]:
+    """Series work units (largest first) and the files refused while scanning."""
+    refused = [Quarantined(r["path"], r["reason"], r["message"])
+               for r in scanned.filter(scanned["reason"].is_valid()).to_pylist()]
+    members: dict[str, list[str]] = {}
+    studies: dict[str, set[str]] = {}
+    for r in scanned.filter(scanned["reason"].is_null()).to_pylist():
+        members.setdefault(r["series_uid"], []).append(r["path"])
+        studies.setdefault(r["series_uid"], set()).add(r["study_uid"])
+    units = []
+    for series_uid, paths in members.items():
+        if len(studies[series_uid]) > 1:
+            message = (f"one SeriesInstanceUID is used in {len(studies[series_uid])} studies: "
+                       "fix the UIDs at the source")
+            refused += [Quarantined(p, "inconsistent_series", message) for p in paths]
+        else:
+            units.append({"series_uid": series_uid, "paths": sorted(paths)})
+    units.sort(key=lambda u: (-len(u["paths"]), u["series_uid"]))
+    return units, refused
+
+
+def _manifest(options: DicomOptions, key: bytes, status: str, counts: dict[str, Any] | None = None,
+              run: dict[str, Any] | None = None) -> dict[str, Any]:
+    deid = options.deid
+    codes = ["basic"] + (["retain_dates"] if deid.retain_dates else []) + (
+        ["retain_patient_characteristics"] if deid.retain_patient_characteristics else [])
+    return {
+        "pipeline": PIPELINE,
+        "schema_version": SCHEMA_VERSION,
+        "status": status,
+        "key_id": key_id(key),
+        "options": options.to_dict(),
+        "deidentification": {
+            "method": method_description(deid),
+            "codes": [{"code_value": PROFILE_CODES[c][0], "coding_scheme": "DCM",
+                       "code_meaning": PROFILE_CODES[c][1]} for c in codes],
+            "attribute_table": f"dicom-anonymizer {TABLE_VERSION}",
+        },
+        "outputs": {"volumes": f"{VOLUMES_DIR}/", "quarantine": QUARANTINE},
+        "counts": counts or {},
+        "run": run or {},
+    }
+
+
+def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
+                     options: DicomOptions = DicomOptions()) -> Summary:
+    """Preprocess every file under ``input`` into ``output`` on the connected Ray cluster.
+
+    Bad files never stop the run: they land in ``quarantine.parquet``. Raises ConfigError or
+    PlacementError for problems with the arguments or the cluster, before any work starts.
+    """
+    import ray.data
+
+    t0 = time.perf_counter()
+    root, out = Path(input).resolve(), Path(output).resolve()
+    if out == root or root in out.parents:
+        raise ConfigError("the output must not lie inside the input: it would be read as input next time")
+    chosen = placement()
+    concurrency = options.concurrency or default_concurrency(chosen)
+    files = list_files(root)
+    # Only now, with the arguments and the cluster checked, is a previous output touched.
+    _prepare_output(out, options, key)
+    write_manifest(out, _manifest(options, key, "running"))
+    walls = {"list": time.perf_counter() - t0}
+    _log.info("scanning %d files on %s (falls back to %s)", len(files), chosen.node_type.name,
+              ", ".join(t.name for t in chosen.candidates[1:]) or "nothing")
+    scanned = pa.table({n: pa.array([], t) for n, t in zip(_SCAN_SCHEMA.names, _SCAN_SCHEMA.types)})
+    if files:
+        blocks = min(len(files), max(concurrency, math.ceil(len(files) / _FILES_PER_SCAN_BLOCK)))
+        scan = ray.data.from_items([{"path": p} for p in files], override_num_blocks=blocks)
+        scan = scan.map_batches(_scan_batch, batch_format="pyarrow", batch_size=None,
+                                fn_kwargs={"root": str(root), "key": key},
+                                **map_options(chosen, min(concurrency, blocks)))
+        scanned = pa.concat_tables([scanned, *scan.iter_batches(batch_format="pyarrow", batch_size=None)])
+    walls["scan"] = time.perf_counter() - t0 - sum(walls.values())
+
+    units, quarantined = _group(scanned)
+    skipped = [u for u in units if options.resume and shard_path(out, u["series_uid"]).exists()]
+    todo = [u for u in units if not (options.resume and shard_path(out, u["series_uid"]).exists())]
+    _log.info("%d series to process, %d already written", len(todo), len(skipped))
+    walls["group"] = time.perf_counter() - t0 - sum(walls.values())
+
+    results: list[dict[str, Any]] = []
+    if todo:
+        blocks = min(len(todo), _MAX_SERIES_BLOCKS,
+                     max(2 * concurrency, math.ceil(len(todo) / _SERIES_PER_BLOCK)))
+        # Largest series first, dealt round-robin so that every block gets a fair share.
+        dealt = [u for b in range(blocks) for u in todo[b::blocks]]
+        work = ray.data.from_items(dealt, override_num_blocks=blocks)
+        work = work.map_batches(_series_batch, batch_format="pyarrow", batch_size=1,
+                                fn_kwargs={"root": str(root), "out": str(out), "key": key,
+                                           "options": options},
+                                **map_options(chosen, min(concurrency, blocks)))
+        for batch in work.iter_batches(batch_format="pyarrow", batch_size=None):
+            results += batch.to_pylist()
+    walls["process"] = time.perf_counter() - t0 - sum(walls.values())
+
+    quarantined += [Quarantined(**q) for r in results for q in r["quarantine"]]
+    write_quarantine(quarantined, out / QUARANTINE)
+    written = [r for r in results if r["written"]]
+    by_reason = dict(sorted(Counter(q.reason for q in quarantined).items()))
+    worker_seconds: Counter[str] = Counter()
+    for r in results:
+        worker_seconds.update(json.loads(r["seconds"]))
+    walls["finish"] = time.perf_counter() - t0 - sum(walls.values())
+    seconds = time.perf_counter() - t0
+    summary = Summary(
+        output=out,
+        files=len(files),
+        series_written=len(written),
+        series_skipped=len(skipped),
+        series_quarantined=len(results) - len(written),
+        slices=sum(r["n_instances"] for r in written) + sum(len(u["paths"]) for u in skipped),
+        quarantined=by_reason,
+        seconds=seconds,
+        node_types=dict(Counter(r["node_type"] for r in results)),
+    )
+    counts = {"files": summary.files, "series": summary.series_written + summary.series_skipped,
+              "series_quarantined": summary.series_quarantined, "slices": summary.slices,
+              "files_quarantined": summary.quarantined_files, "quarantined_by_reason": by_reason}
+    cpu = {"scan": round(math.fsum(scanned["cpu_seconds"].to_pylist()), 3),
+           "series": round(worker_seconds.pop("cpu", 0.0), 3)}
+    run = {"seconds": {k: round(v, 3) for k, v in {**walls, "total": seconds}.items()},
+           "worker_seconds": {k: round(v, 3) for k, v in sorted(worker_seconds.items())},
+           "worker_cpu_seconds": cpu,
+           "node_types": {"scan": dict(Counter(scanned["node_type"].to_pylist())),
+                          "series": summary.node_types},
+           "series_written_this_run": summary.series_written,
+           "series_skipped": summary.series_skipped,
+           "concurrency": concurrency}
+    write_manifest(out, _manifest(options, key, "complete", counts, run))
+    _count(summary)
+    return summary
+
+
+def _count(summary: Summary) -> None:
+    """Export the run's outcome as Ray metrics (reason codes only)."""
+    series = counter("preprocess_series", "Series preprocessed, by outcome", ("outcome",))
+    for outcome, n in (("written", summary.series_written), ("quarantined", summary.series_quarantined)):
+        if n:
+            series.inc(n, tags={"outcome": outcome})
+    files = counter("preprocess_quarantined_files", "Input files quarantined, by reason", ("reason",))
+    for reason, n in summary.quarantined.items():
+        files.inc(n, tags={"reason": reason})
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m {PIPELINE}", description=__doc__.split("\n")[0])
+    p.add_argument("--input", required=True, help="folder of DICOM files (searched recursively)")
+    p.add_argument("--output", required=True, help="output folder (volumes/, quarantine, manifest)")
+    p.add_argument("--key-file", help="de-identification key file (0600); default $MEDRAY_DEID_KEY")
+    default = InputSpec()
+    p.add_argument("--window", default=default.window, choices=[*WINDOWS, "none"],
+                   help="intensity window (none keeps Hounsfield units)")
+    p.add_argument("--spacing", nargs=3, type=float, metavar=("Z", "Y", "X"),
+                   default=default.spacing_mm, help="target voxel spacing in mm")
+    p.add_argument("--shape", nargs=3, type=int, metavar=("D", "H", "W"), default=default.shape,
+                   help="output volume shape (centre crop/pad)")
+    p.add_argument("--retain-dates", action="store_true",
+                   help="PS3.15 option: keep dates, shifted per patient (as the EMR pipeline)")
+    p.add_argument("--retain-patient-characteristics", action="store_true",
+                   help="PS3.15 option: keep sex, age (90+ grouped), size, weight")
+    p.add_argument("--resume", action="store_true", help="skip series already written to OUTPUT")
+    p.add_argument("--concurrency", type=int, help="parallel tasks (default: CPUs of prep nodes)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (0 even when files were quarantined)."""
+    args = _parser().parse_args(argv)
+    try:
+        key = load_key(args.key_file)
+        spec = InputSpec(spacing_mm=tuple(args.spacing), shape=tuple(args.shape),
+                         window=None if args.window == "none" else args.window)
+        options = DicomOptions(
+            spec=spec,
+            deid=DeidOptions(retain_dates=args.retain_dates,
+                             retain_patient_characteristics=args.retain_patient_characteristics),
+            concurrency=args.concurrency,
+            resume=args.resume,
+        )
+        connect()
+        summary = preprocess_dicom(args.input, args.output, key=key, options=options)
+    except MedrayError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary.table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

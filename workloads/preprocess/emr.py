@@ -1,0 +1,214 @@
+"""EMR de-identification on Ray Data: Parquet/CSV tables in, Safe Harbor de-identified Parquet out.
+
+    python -m workloads.preprocess.emr --input IN --output OUT [--mapping F] [--key-file F]
+
+or :func:`preprocess_emr` from a notebook. Every ``.parquet`` / ``.csv`` file under IN is one
+table part: ``IN/labs.csv`` is table ``labs``, ``IN/labs/2024-01.parquet`` a part of it. Each part
+is one task on a prep node that applies :func:`medray.safe_harbor.deidentify_table` (pyarrow
+compute, no per-row Python) and writes ``OUT/<same path>.parquet``. Column roles come from the
+mapping (default: the synthetic cohort's, :meth:`EmrMapping.default`); tables it does not name are
+skipped, columns it does not name are dropped. ``patient_pseudonym`` equals the DICOM pipeline's
+PatientID pseudonym, so the outputs join on it. ``OUT/manifest.json`` records the key id, the
+mapping and per-table counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pyarrow as pa
+
+from medray.errors import ConfigError, MedrayError
+from medray.logs import get_logger
+from medray.pseudonym import key_id, load_key
+from medray.safe_harbor import EmrMapping, deidentify_table
+from medray.shards import write_parquet
+from workloads.preprocess.runs import (
+    connect,
+    default_concurrency,
+    format_table,
+    list_files,
+    map_options,
+    node_type_here,
+    placement,
+    read_manifest,
+    write_manifest,
+)
+
+__all__ = ["EMR_FORMAT_VERSION", "EmrSummary", "preprocess_emr", "main"]
+
+PIPELINE = "workloads.preprocess.emr"
+EMR_FORMAT_VERSION = 1
+_SUFFIXES = (".parquet", ".csv")
+_log = get_logger("preprocess.emr")
+
+_RESULT_SCHEMA = pa.schema([
+    ("path", pa.string()), ("output", pa.string()), ("table", pa.string()),
+    ("rows_in", pa.int64()), ("rows_out", pa.int64()), ("rows_without_patient_id", pa.int64()),
+    ("unmapped_dropped", pa.list_(pa.string())), ("error", pa.string()),
+    ("node_type", pa.string()), ("seconds", pa.float64()),
+])
+
+
+@dataclass(frozen=True)
+class EmrSummary:
+    """What a run did, per table part (counts and column names only)."""
+
+    output: Path
+    parts: list[dict[str, Any]]
+    skipped: list[str]
+    seconds: float
+    node_types: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {p["path"]: p["error"] for p in self.parts if p["error"]}
+
+    @property
+    def rows_out(self) -> int:
+        return sum(p["rows_out"] for p in self.parts)
+
+    def table(self) -> str:
+        """The final summary table printed by the CLI."""
+        rows: list[tuple[str, Any]] = [
+            (p["path"], f"{p['rows_out']} rows" if not p["error"] else f"FAILED: {p['error']}")
+            for p in self.parts
+        ]
+        rows += [(f"{s} (no mapping)", "skipped") for s in self.skipped]
+        rows += [("rows out", self.rows_out),
+                 ("by node type", ", ".join(f"{k}={v}" for k, v in sorted(self.node_types.items())) or "-"),
+                 ("seconds", f"{self.seconds:.1f}")]
+        return format_table(f"EMR de-identification -> {self.output}", rows)
+
+
+def _table_name(path: str) -> str:
+    """``labs.csv`` -> ``labs``; ``labs/2024-01.parquet`` -> ``labs``."""
+    parts = PurePosixPath(path).parts
+    return parts[0] if len(parts) > 1 else PurePosixPath(path).stem
+
+
+def _read(path: Path) -> pa.Table:
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path) if path.suffix == ".parquet" else pa_csv.read_csv(path)
+
+
+def _emr_batch(batch: pa.Table, root: str, out: str, key: bytes, mapping: EmrMapping) -> pa.Table:
+    node = node_type_here()
+    rows = []
+    for path in batch.column("path").to_pylist():
+        start = time.perf_counter()
+        name = _table_name(path)
+        output = PurePosixPath(path).with_suffix(".parquet").as_posix()
+        row: dict[str, Any] = {"path": path, "output": output, "table": name, "rows_in": 0,
+                               "rows_out": 0, "rows_without_patient_id": 0,
+                               "unmapped_dropped": [], "error": None, "node_type": node}
+        try:
+            table = _read(Path(root) / path)
+            result = deidentify_table(table, mapping.tables[name], key,
+                                      age_reference_date=mapping.age_reference_date)
+            write_parquet(result.table, Path(out) / output)
+            row.update(rows_in=result.rows_in, rows_out=result.table.num_rows,
+                       rows_without_patient_id=result.rows_without_patient_id,
+                       unmapped_dropped=list(result.unmapped_dropped))
+        except ConfigError as e:  # messages name columns and roles, never values
+            row["error"] = str(e)
+        except Exception as e:
+            # pyarrow's parse errors quote the offending row: keep the error type only.
+            row["error"] = f"{type(e).__name__} while reading or de-identifying the table"
+        row["seconds"] = time.perf_counter() - start
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=_RESULT_SCHEMA)
+
+
+def preprocess_emr(input: str | Path, output: str | Path, *, key: bytes,
+                   mapping: EmrMapping | None = None, concurrency: int | None = None) -> EmrSummary:
+    """De-identify every mapped table under ``input`` into ``output`` on the connected cluster.
+
+    A table that fails (e.g. its patient_id column is missing) is reported in the summary and
+    the manifest; the others are still written.
+    """
+    import ray.data
+
+    t0 = time.perf_counter()
+    mapping = mapping or EmrMapping.default()
+    root, out = Path(input).resolve(), Path(output).resolve()
+    if out == root or root in out.parents:
+        raise ConfigError("the output must not lie inside the input: it would be read as input next time")
+    chosen = placement()
+    concurrency = concurrency or default_concurrency(chosen)
+    files = [f for f in list_files(root) if PurePosixPath(f).suffix in _SUFFIXES]
+    mapped = [f for f in files if _table_name(f) in mapping.tables]
+    skipped = sorted({_table_name(f) for f in files} - set(mapping.tables))
+    if skipped:
+        _log.warning("no mapping for tables %s: not written (add them to the mapping)", skipped)
+    previous = read_manifest(out) or {}
+    for stale in previous.get("outputs", []):  # a fresh run replaces the previous run's files
+        (out / stale).unlink(missing_ok=True)
+
+    parts: list[dict[str, Any]] = []
+    if mapped:
+        work = ray.data.from_items([{"path": f} for f in mapped], override_num_blocks=len(mapped))
+        work = work.map_batches(_emr_batch, batch_format="pyarrow", batch_size=1,
+                                fn_kwargs={"root": str(root), "out": str(out), "key": key,
+                                           "mapping": mapping},
+                                **map_options(chosen, min(concurrency, len(mapped))))
+        for batch in work.iter_batches(batch_format="pyarrow", batch_size=None):
+            parts += batch.to_pylist()
+    parts.sort(key=lambda p: p["path"])
+    seconds = time.perf_counter() - t0
+    summary = EmrSummary(output=out, parts=parts, skipped=skipped, seconds=seconds,
+                         node_types=dict(Counter(p["node_type"] for p in parts)))
+    write_manifest(out, {
+        "pipeline": PIPELINE,
+        "format_version": EMR_FORMAT_VERSION,
+        "key_id": key_id(key),
+        "mapping": mapping.to_dict(),
+        "tables": {p["path"]: {k: p[k] for k in ("table", "output", "rows_in", "rows_out",
+                                                  "rows_without_patient_id", "unmapped_dropped",
+                                                  "error")} for p in parts},
+        "skipped_tables": skipped,
+        "outputs": [p["output"] for p in parts if not p["error"]],
+        "run": {"seconds": round(seconds, 3), "node_types": summary.node_types,
+                "worker_seconds": round(math.fsum(p["seconds"] for p in parts), 3)},
+    })
+    return summary
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m {PIPELINE}", description=__doc__.split("\n")[0])
+    p.add_argument("--input", required=True, help="folder of Parquet/CSV tables")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--mapping", help="column-role mapping (YAML or JSON); default: synthetic cohort")
+    p.add_argument("--key-file", help="de-identification key file (0600); default $MEDRAY_DEID_KEY")
+    p.add_argument("--concurrency", type=int, help="parallel tasks (default: CPUs of prep nodes)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: 0 when every mapped table was written, 1 when one failed, 2 on bad usage."""
+    args = _parser().parse_args(argv)
+    try:
+        key = load_key(args.key_file)
+        mapping = EmrMapping.load(args.mapping) if args.mapping else EmrMapping.default()
+        connect()
+        summary = preprocess_emr(args.input, args.output, key=key, mapping=mapping,
+                                 concurrency=args.concurrency)
+    except MedrayError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary.table())
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

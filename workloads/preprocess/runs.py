@@ -1,0 +1,180 @@
+"""What the DICOM and EMR pipelines share: placement, input listing, quarantine, manifest, summary.
+
+Everything written here is free of PHI by construction: paths relative to the input (the
+pipelines' own file names are pseudonymous), reason codes, counts, option values and timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from medray.errors import ConfigError, PlacementError
+from medray.roles import NODE_TYPE_LABEL, ROLE_LABEL
+from medray.scheduling import Placement, WorkloadProfile, place
+from medray.shards import write_parquet
+
+__all__ = [
+    "PREP_PROFILE",
+    "MANIFEST",
+    "QUARANTINE",
+    "QUARANTINE_SCHEMA",
+    "Quarantined",
+    "connect",
+    "placement",
+    "default_concurrency",
+    "map_options",
+    "node_type_here",
+    "list_files",
+    "write_quarantine",
+    "read_manifest",
+    "write_manifest",
+    "format_table",
+]
+
+# Prefer prep nodes (hot local storage first); spill onto idle inference and training nodes.
+PREP_PROFILE = WorkloadProfile(roles=("prep", "infer", "train"), num_cpus=1.0, storage="nvme")
+MANIFEST = "manifest.json"
+QUARANTINE = "quarantine.parquet"
+QUARANTINE_SCHEMA = pa.schema([
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("message", pa.string(), nullable=False),
+])
+
+
+@dataclass(frozen=True, order=True)
+class Quarantined:
+    """One refused input file: its path relative to the input root, a reason code, a PHI-free message."""
+
+    path: str
+    reason: str
+    message: str
+
+
+def connect() -> None:
+    """Connect to the running cluster: the job's under ``ray job submit``, else the local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS", "")
+    # A dashboard URL (what `ray job submit` takes) is not a driver address: find the cluster.
+    ray.init(address=address if address and not address.startswith("http") else "auto",
+             logging_level="WARNING")
+
+
+def placement(profile: WorkloadProfile = PREP_PROFILE) -> Placement:
+    """Where the pipeline's tasks go; PlacementError when no node of the running cluster fits."""
+    import ray
+
+    chosen = place(profile)
+    alive = {n["Labels"].get(NODE_TYPE_LABEL) for n in ray.nodes() if n["Alive"]}
+    if not alive & {t.name for t in chosen.candidates}:
+        raise PlacementError(
+            f"no node of types {[t.name for t in chosen.candidates]} is running in this Ray "
+            "cluster: start the medray cluster (`medray up --local`) and submit with "
+            "`ray job submit`, or connect to it before calling the pipeline"
+        )
+    return chosen
+
+
+def default_concurrency(chosen: Placement) -> int:
+    """Tasks that fill the running nodes of the preferred role (at least 1).
+
+    Capping at this keeps the work on those nodes; it only spills over (``fallback_strategy``)
+    onto other roles when they are busy with other work.
+    """
+    import ray
+
+    preferred = chosen.profile.roles[0]
+    cpus = sum(n["Resources"].get("CPU", 0) for n in ray.nodes()
+               if n["Alive"] and n["Labels"].get(ROLE_LABEL) == preferred)
+    return max(1, int(cpus // max(chosen.profile.num_cpus, 1e-3)))
+
+
+def map_options(chosen: Placement, concurrency: int) -> dict[str, Any]:
+    """``map_batches`` options for ``concurrency`` tasks placed as ``chosen`` says.
+
+    The node types of the preferred role form one selector (``in(cpu-prep,bulk-prep)``), the
+    other candidates stay fallbacks in the placement's order. Ray Data keeps only ``concurrency``
+    tasks in flight, and a waiting task queues on its selected type rather than falling back, so
+    one selector per type would leave the second prep type idle.
+    """
+    import ray.data
+
+    base = chosen.label_selector
+    preferred = [t.name for t in chosen.candidates if t.role == chosen.node_type.role]
+    others = [t.name for t in chosen.candidates if t.role != chosen.node_type.role]
+    options: dict[str, Any] = {
+        "num_cpus": chosen.profile.num_cpus,
+        "num_gpus": chosen.profile.num_gpus,
+        "label_selector": {**base, NODE_TYPE_LABEL: f"in({','.join(preferred)})"},
+        "compute": ray.data.TaskPoolStrategy(size=concurrency),
+    }
+    if others:
+        options["fallback_strategy"] = [{"label_selector": {**base, NODE_TYPE_LABEL: name}}
+                                        for name in others]
+    return options
+
+
+def node_type_here() -> str:
+    """The medray node type of the worker this runs on ("unknown" outside a medray cluster)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_labels().get(NODE_TYPE_LABEL, "unknown")
+
+
+def list_files(root: str | Path) -> list[str]:
+    """Every regular file under ``root`` (recursively, any name), as sorted POSIX relative paths."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"input {root} is not a directory: pass the folder holding the export")
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs.sort()
+        base = Path(folder)
+        found += [(base / n).relative_to(root).as_posix() for n in names if (base / n).is_file()]
+    return sorted(found)
+
+
+def write_quarantine(records: Iterable[Quarantined], path: Path) -> None:
+    """``quarantine.parquet``: one row per refused file, sorted by path (deterministic)."""
+    rows = sorted(records)
+    table = pa.table(
+        [pa.array([getattr(r, f.name) for r in rows], f.type) for f in QUARANTINE_SCHEMA],
+        schema=QUARANTINE_SCHEMA,
+    )
+    write_parquet(table, path)
+
+
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    """The manifest of a previous run in ``out``, or None."""
+    try:
+        return json.loads((out / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        raise ConfigError(f"{out / MANIFEST} is unreadable: remove it or pick another output") from None
+
+
+def write_manifest(out: Path, manifest: Mapping[str, Any]) -> None:
+    """Write ``manifest.json`` atomically, keys sorted."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out / MANIFEST)
+
+
+def format_table(title: str, rows: Sequence[tuple[str, Any]]) -> str:
+    """A two-column text table for the final summary."""
+    width = max(len(k) for k, _ in rows)
+    lines = [title, "-" * max(len(title), width + 12)]
+    lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)

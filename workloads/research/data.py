@@ -1,0 +1,196 @@
+"""Training data: preprocessed volume shards plus EMR diagnoses, as labelled, patient-split Ray Datasets.
+
+Inputs are the preprocessing workload's outputs, read only through their documented schemas:
+
+* ``DATA``: a volume shard directory (:mod:`medray.shards`: ``DATA/volumes/*.parquet``, one row per
+  series, ``patient_pseudonym`` + ``volume`` already normalised to the shards' InputSpec);
+* ``LABELS``: the de-identified diagnoses table (Parquet or CSV file, or a folder of Parquet parts)
+  with ``patient_pseudonym`` and ``icd10_code``. A patient's label is 1 iff any of their rows has
+  the code (default ``R91.1``, solitary pulmonary nodule).
+
+Patients, never series, are split: all series of a patient fall on one side. The split is
+stratified by label and keyed by ``seed`` (a patient's side depends only on its pseudonym, the seed
+and the split sizes), so it is the same on every run and every worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from medray.errors import ConfigError
+from medray.imaging import InputSpec
+from medray.scheduling import WorkloadProfile, place
+from medray.shards import PATIENT_PSEUDONYM, VOLUME, check_schema, read_volumes, shard_files
+
+if TYPE_CHECKING:
+    import ray.data
+
+__all__ = [
+    "NODULE_CODE",
+    "ICD10_COLUMN",
+    "LABEL",
+    "LOADER_PROFILE",
+    "Cohort",
+    "read_positive_patients",
+    "split_patients",
+    "load_cohort",
+    "build_datasets",
+]
+
+NODULE_CODE = "R91.1"
+ICD10_COLUMN = "icd10_code"
+LABEL = "label"
+# Reading and labelling shards is CPU work next to training: the platform's placement decides
+# where (CPU-only node types first, then the training nodes' spare CPUs).
+LOADER_PROFILE = WorkloadProfile(roles=("prep", "train"), num_cpus=1.0)
+# Materialise the labelled data in the object store (read once, not every epoch) when it takes at
+# most this share of the cluster's object store.
+_CACHE_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Who is in the data, their labels and their side of the split (pseudonyms only, never PHI)."""
+
+    data: Path
+    spec: InputSpec
+    series: int
+    positives: frozenset[str]
+    train_patients: frozenset[str]
+    val_patients: frozenset[str]
+
+    def counts(self) -> dict[str, int]:
+        """Patient and series counts for logs, metrics and the registry."""
+        return {
+            "series": self.series,
+            "train_patients": len(self.train_patients),
+            "val_patients": len(self.val_patients),
+            "train_positive": len(self.train_patients & self.positives),
+            "val_positive": len(self.val_patients & self.positives),
+        }
+
+
+def _read_table(path: Path, columns: list[str]) -> pa.Table:
+    if path.is_dir():
+        return pads.dataset(path, format="parquet").to_table(columns=columns)
+    if path.suffix.lower() == ".csv":
+        options = pa_csv.ConvertOptions(include_columns=columns,
+                                        column_types={c: pa.string() for c in columns})
+        return pa_csv.read_csv(path, convert_options=options)
+    return pq.read_table(path, columns=columns)
+
+
+def read_positive_patients(labels: str | Path, code: str = NODULE_CODE) -> frozenset[str]:
+    """Pseudonyms of the patients with a diagnosis row of ``code`` in the diagnoses table."""
+    path = Path(labels)
+    if not path.exists():
+        raise ConfigError(f"labels {path} do not exist: pass the de-identified diagnoses table "
+                          "(e.g. PREP/emr/diagnoses.parquet from workloads.preprocess.emr)")
+    try:
+        table = _read_table(path, [PATIENT_PSEUDONYM, ICD10_COLUMN])
+    except (pa.ArrowInvalid, KeyError) as e:
+        raise ConfigError(f"labels {path} cannot be read as a diagnoses table with columns "
+                          f"{PATIENT_PSEUDONYM!r} and {ICD10_COLUMN!r} ({type(e).__name__})") from None
+    codes = pc.utf8_trim_whitespace(table[ICD10_COLUMN].cast(pa.string()))
+    hits = table.filter(pc.fill_null(pc.equal(codes, code), False))[PATIENT_PSEUDONYM]
+    return frozenset(p for p in hits.to_pylist() if p)
+
+
+def _rank(seed: int, patient: str) -> bytes:
+    return hashlib.sha256(f"{seed}:{patient}".encode()).digest()
+
+
+def split_patients(
+    patients: Iterable[str], positives: frozenset[str], *, val_fraction: float, seed: int
+) -> tuple[frozenset[str], frozenset[str]]:
+    """(train, val) pseudonyms: ``round(val_fraction * n)`` of each class goes to val.
+
+    Each class keeps at least one patient on each side when it has two or more, so that the
+    held-out AUC is defined.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be within (0, 1), got {val_fraction!r}")
+    unique = set(patients)
+    train: set[str] = set()
+    val: set[str] = set()
+    for group in (sorted(unique & positives), sorted(unique - positives)):
+        ordered = sorted(group, key=lambda p: _rank(seed, p))
+        n_val = round(val_fraction * len(ordered))
+        if len(ordered) >= 2:
+            n_val = min(max(n_val, 1), len(ordered) - 1)
+        val.update(ordered[:n_val])
+        train.update(ordered[n_val:])
+    return frozenset(train), frozenset(val)
+
+
+def load_cohort(
+    data: str | Path, labels: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
+    code: str = NODULE_CODE,
+) -> Cohort:
+    """Check the shards' schema, read their patients (one column only) and labels, split them."""
+    files = shard_files(data)
+    if not files:
+        raise ConfigError(f"no volume shards under {data}: run `python -m workloads.preprocess.dicom` "
+                          "first and pass its output folder as --data")
+    specs = {check_schema(pq.read_schema(f)) for f in files}
+    if len(specs) != 1:
+        raise ConfigError(f"the shards under {data} were normalised with {len(specs)} different "
+                          "input specs: train on one preprocessing run at a time")
+    patients = pads.dataset([str(f) for f in files], format="parquet").to_table(
+        columns=[PATIENT_PSEUDONYM])[PATIENT_PSEUDONYM].to_pylist()
+    positives = read_positive_patients(labels, code) & set(patients)
+    train, val = split_patients(patients, positives, val_fraction=val_fraction, seed=seed)
+    if not (train & positives and train - positives):
+        raise ConfigError(f"the training split needs patients with and without {code}; it has "
+                          f"{len(train & positives)} with and {len(train - positives)} without: "
+                          "check --labels, or preprocess more patients")
+    return Cohort(data=Path(data), spec=specs.pop(), series=len(patients), positives=positives,
+                  train_patients=train, val_patients=val)
+
+
+def _select(batch: dict[str, np.ndarray], keep: frozenset[str],
+            positives: frozenset[str]) -> dict[str, np.ndarray]:
+    """The rows of patients in ``keep``, with their label; only numeric columns leave here."""
+    patients = batch[PATIENT_PSEUDONYM]
+    mask = np.fromiter((p in keep for p in patients), dtype=bool, count=len(patients))
+    labels = np.fromiter((p in positives for p in patients[mask]), dtype=np.float32,
+                         count=int(mask.sum()))
+    return {VOLUME: np.ascontiguousarray(batch[VOLUME][mask], dtype=np.float32), LABEL: labels}
+
+
+def _fits_object_store(rows: int, spec: InputSpec) -> bool:
+    import ray
+
+    size = rows * int(np.prod(spec.shape)) * 4
+    return size <= _CACHE_SHARE * ray.cluster_resources().get("object_store_memory", 0)
+
+
+def build_datasets(cohort: Cohort, *, cache: bool | None = None) -> dict[str, ray.data.Dataset]:
+    """``{"train": …, "val": …}`` Ray Datasets of ``volume`` (N, D, H, W) float32 and ``label``.
+
+    ``cache``: materialise them in the object store so later epochs do not re-read the shards;
+    None decides by size (at most a quarter of the cluster's object store).
+    """
+    options = place(LOADER_PROFILE).ray_options()
+    source = read_volumes(cohort.data, **options).select_columns([PATIENT_PSEUDONYM, VOLUME])
+    out = {}
+    for name, keep in (("train", cohort.train_patients), ("val", cohort.val_patients)):
+        ds = source.map_batches(_select, batch_format="numpy",
+                                fn_kwargs={"keep": keep, "positives": cohort.positives}, **options)
+        out[name] = ds
+    if cache if cache is not None else _fits_object_store(cohort.series, cohort.spec):
+        out = {name: ds.materialize() for name, ds in out.items()}
+    # A new block order every epoch; the workers' local shuffle buffers mix within blocks.
+    out["train"] = out["train"].randomize_block_order()
+    return out

@@ -1,0 +1,54 @@
+"""The demo's training stage: a few epochs on the preprocessed demo cohort, registered as ``nodule``.
+
+It runs after the preprocessing stage, whose summary names the shard folder (``volumes``) and the
+de-identified EMR folder (``emr``); ``data`` and ``labels`` override them. On the demo's small
+cohort (24 patients by default) the model learns little in a few epochs: the stage shows the
+mechanics (placement on training nodes, Ray Data input, checkpoints, registry) that the diagnosis
+stage then serves. ``tests/workloads/research/test_train.py`` shows the accuracy on a cohort that
+is big enough.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medray.demo import DemoContext
+from medray.errors import ConfigError
+from workloads.research.config import TrainConfig
+from workloads.research.train import train
+
+__all__ = ["DEMO_EPOCHS", "stage"]
+
+DEMO_EPOCHS = 4
+
+
+def _prep_outputs(ctx: DemoContext) -> tuple[Path, Path]:
+    for result in ctx.results.values():
+        if "volumes" in result and "emr" in result:
+            return Path(result["volumes"]).parent, Path(result["emr"]) / "diagnoses.parquet"
+    raise ConfigError("the training stage needs the preprocessing stage's outputs: run it first "
+                      "or pass data= and labels=")
+
+
+def stage(ctx: DemoContext, *, data: str | Path | None = None, labels: str | Path | None = None,
+          epochs: int = DEMO_EPOCHS) -> dict[str, Any]:
+    """Train on the demo cohort's shards and register ``nodule`` in ``ctx.registry``; a short summary."""
+    if data is None or labels is None:
+        found_data, found_labels = _prep_outputs(ctx)
+        data, labels = data or found_data, labels or found_labels
+    cfg = TrainConfig(data=str(data), labels=str(labels), registry=str(ctx.registry), name="nodule",
+                      epochs=epochs, workers=1, val_fraction=0.25, seed=ctx.seed,
+                      storage_path=str((ctx.out / "runs").resolve()))
+    result = train(cfg)
+    ctx.say(result.table())
+    ctx.say(f"registered {result.ref} -> {result.registry_path} (worker on {result.workers[0]['node_type']})")
+    return {
+        "model": result.ref,
+        "val_auc": round(result.metrics["val_auc"], 3),
+        "epochs": int(result.metrics["epoch"]),
+        "train_patients": result.cohort["train_patients"],
+        "val_patients": result.cohort["val_patients"],
+        "worker_node_types": sorted({w["node_type"] for w in result.workers}),
+        "checkpoint": result.checkpoint,
+    }

@@ -1,0 +1,295 @@
+"""The training loop: DDP, autocast, Ray Data input, checkpoints, held-out AUC.
+
+:func:`run` is the loop; a :class:`Session` is where it runs. :class:`TrainSession` is a Ray Train
+worker (``train_loop_per_worker`` = :func:`train_worker`: dataset shards, DDP, ``ray.train.report``);
+:class:`TuneSession` is a Ray Tune trial that trains in its own process (one worker, whole
+datasets, ``ray.tune.report``).
+
+One report per epoch, with the epoch's metrics; every ``checkpoint_every`` epochs (and after the
+last) rank 0 attaches a checkpoint with the full training state, so a restarted worker group (a
+worker died, ``FailureConfig(max_failures)``) continues from the epoch after it.
+Every attempt appends its first epoch to ``starts``, which the checkpoint carries along: a run
+that resumed after a failure at epoch 3 ends with ``starts == [0, 3]``.
+
+Checkpoint directory: ``state.pt`` (model, optimiser, GradScaler, epoch, history, starts) and
+``model.pt`` (the bare model state dict that the model registry stores).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from medray.logs import get_logger
+from medray.models import build_model
+from medray.precision import choose_precision
+from medray.roles import NODE_TYPE_LABEL
+from medray.shards import VOLUME
+from workloads.research.config import TrainConfig
+from workloads.research.data import LABEL
+from workloads.research.evaluate import roc_auc
+
+__all__ = ["STATE_FILE", "WEIGHTS_FILE", "Session", "TrainSession", "TuneSession", "flip", "run",
+           "train_worker", "summarise"]
+
+_log = get_logger("medray.research.loop")
+
+STATE_FILE = "state.pt"
+WEIGHTS_FILE = "model.pt"
+
+
+def flip(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Flip each volume of ``x`` (N, 1, D, H, W) along each spatial axis with probability strength/2."""
+    if strength <= 0:
+        return x
+    for axis in (2, 3, 4):
+        chosen = torch.rand(x.shape[0], generator=generator) < strength / 2
+        if chosen.any():
+            mask = chosen.to(x.device).view(-1, 1, 1, 1, 1)
+            x = torch.where(mask, x.flip(axis), x)
+    return x
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    if _world()[1] == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _evaluate(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+              precision: Any) -> tuple[float, float, int]:
+    """(AUC, mean BCE loss, volumes) of ``model`` over the whole held-out set."""
+    scores, labels = [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            with precision.autocast():
+                logits = model(batch[VOLUME].unsqueeze(1))
+            scores.append(logits.float().cpu())
+            labels.append(batch[LABEL].float().cpu())
+    if not scores:
+        return float("nan"), float("nan"), 0
+    s, y = torch.cat(scores), torch.cat(labels)
+    loss = float(F.binary_cross_entropy_with_logits(s, y))
+    return roc_auc(s.numpy(), y.numpy()), loss, int(y.numel())
+
+
+class Session(Protocol):
+    """What the loop needs from where it runs."""
+
+    def device(self) -> torch.device:
+        """The device to train on. Simulated GPUs (local cluster) reserve a GPU in Ray, but torch
+        sees none: then it is the CPU."""
+
+    def batches(self, split: str, **iter_args: Any) -> Iterable[dict[str, torch.Tensor]]:
+        """``iter_torch_batches(**iter_args)`` over this worker's part of ``split`` ("train"/"val")."""
+
+    def checkpoint(self) -> Any | None:
+        """The checkpoint to resume from (after a failure), or None."""
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: str | None, name: str) -> None:
+        """Report an epoch's metrics, with a checkpoint directory (persisted as ``name``) or not."""
+
+
+class TrainSession:
+    """A Ray Train worker: its shard of the training set, the whole held-out set."""
+
+    def device(self) -> torch.device:
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        import ray.train.torch
+
+        return ray.train.torch.get_device()  # this worker's GPU among the node's visible ones
+
+    def batches(self, split: str, **iter_args: Any) -> Iterable[dict[str, torch.Tensor]]:
+        import ray.train
+
+        return ray.train.get_dataset_shard(split).iter_torch_batches(**iter_args)
+
+    def checkpoint(self) -> Any | None:
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: str | None, name: str) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name if checkpoint else None)
+
+
+class TuneSession:
+    """A Ray Tune trial training in its own process: whole datasets, no DDP."""
+
+    def __init__(self, datasets: dict[str, Any]) -> None:
+        self._datasets = datasets
+
+    def device(self) -> torch.device:
+        # Tune makes only the trial's GPU visible.
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+    def batches(self, split: str, **iter_args: Any) -> Iterable[dict[str, torch.Tensor]]:
+        return self._datasets[split].iter_torch_batches(**iter_args)
+
+    def checkpoint(self) -> Any | None:
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: str | None, name: str) -> None:
+        from ray import tune
+
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+
+def _save(state: dict[str, Any], weights: dict[str, torch.Tensor], directory: Path) -> None:
+    torch.save(state, directory / STATE_FILE)
+    torch.save(weights, directory / WEIGHTS_FILE)
+
+
+def _restore(checkpoint_dir: str) -> dict[str, Any]:
+    return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def train_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train's ``train_loop_per_worker``: :func:`run` in a :class:`TrainSession`."""
+    return run(config, TrainSession())
+
+
+def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
+    """Train; ``config`` is ``{"train": TrainConfig dict, "model": NoduleNetConfig dict}``.
+
+    Returns (rank 0's value is a Train run's ``return_value``) the per-epoch history, the
+    attempts' start epochs and where the workers ran.
+    """
+    import ray
+
+    cfg = TrainConfig(**config["train"])
+    rank, world = _world()
+    device = session.device()
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
+    model = build_model(config["model"]).to(device)
+    memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    if world > 1 and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(net) if cfg.compile else net
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    precision = choose_precision(cfg.amp, device)
+    scaler = precision.grad_scaler()
+
+    history: list[dict[str, float]] = []
+    starts: list[int] = []
+    start_epoch = 0
+    # The run's own latest checkpoint (after a failure) wins over a checkpoint to start from.
+    checkpoint = session.checkpoint()
+    if checkpoint is not None or cfg.resume_from:
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                state = _restore(directory)
+        else:
+            state = _restore(str(cfg.resume_from))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, history, starts = state["epoch"] + 1, state["history"], state["starts"]
+    starts = [*starts, start_epoch]
+
+    per_worker = max(1, cfg.batch_size // world)
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    node_type = ray.get_runtime_context().get_node_labels().get(NODE_TYPE_LABEL, "unknown")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        waited = 0.0
+        loss_sum = samples = 0.0
+        net.train()
+        batches = iter(session.batches(
+            "train", batch_size=per_worker, dtypes=torch.float32, device=device, drop_last=True,
+            prefetch_batches=2, pin_memory=device.type == "cuda",
+            local_shuffle_buffer_size=8 * per_worker, local_shuffle_seed=cfg.seed * 1000 + epoch))
+        while True:
+            w0 = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - w0
+            if batch is None:
+                break
+            x = flip(batch[VOLUME].unsqueeze(1), cfg.augment, generator)
+            x = x.contiguous(memory_format=memory_format)
+            y = batch[LABEL]
+            with precision.autocast():
+                logits = forward(x)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += float(loss.detach()) * len(y)
+            samples += len(y)
+        seconds = time.perf_counter() - t0
+        loss_sum, samples, waited_sum = _all_sum([loss_sum, samples, waited], device)
+
+        metrics: dict[str, float] = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(samples, 1.0),
+            "samples_per_s": samples / seconds,
+            # Share of the epoch the workers spent waiting for their next batch: the input
+            # pipeline keeps up while this stays small.
+            "input_wait": waited_sum / world / seconds,
+            "epoch_s": seconds,
+        }
+        if rank == 0:
+            held_out = session.batches("val", batch_size=per_worker, dtypes=torch.float32, device=device,
+                                       prefetch_batches=2)
+            auc, val_loss, n_val = _evaluate(model, held_out, precision)
+            metrics.update(val_auc=auc, val_loss=val_loss, val_volumes=n_val)
+            _log.info("epoch %d/%d: train loss %.4f, held-out AUC %.3f on %d volumes, %.0f samples/s, "
+                      "input wait %.0f%%", epoch + 1, cfg.epochs, metrics["train_loss"], auc, n_val,
+                      metrics["samples_per_s"], 100 * metrics["input_wait"])
+        history.append(metrics)
+
+        last = epoch + 1 == cfg.epochs
+        if rank == 0 and (last or (epoch + 1) % cfg.checkpoint_every == 0):
+            with tempfile.TemporaryDirectory() as tmp:
+                _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                       "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
+                       "starts": starts}, model.state_dict(), Path(tmp))
+                session.report(metrics, tmp, f"epoch_{epoch + 1:04d}")
+        else:
+            session.report(metrics, None, "")
+
+    nodes: list[Any] = [None] * world
+    if world > 1:
+        dist.all_gather_object(nodes, {"rank": rank, "node_type": node_type, "pid": os.getpid()})
+    else:
+        nodes = [{"rank": rank, "node_type": node_type, "pid": os.getpid()}]
+    return {"history": history, "starts": starts, "workers": nodes}
+
+
+def summarise(history: list[dict[str, float]]) -> dict[str, float]:
+    """The last epoch's metrics plus the run's mean input wait and throughput."""
+    last = dict(history[-1])
+    last["mean_samples_per_s"] = float(np.mean([h["samples_per_s"] for h in history]))
+    last["mean_input_wait"] = float(np.mean([h["input_wait"] for h in history]))
+    return last

@@ -1,0 +1,108 @@
+"""Where training workers go: ``medray.scheduling`` placement turned into Ray Train's ScalingConfig.
+
+A Train worker group is one placement group, and placement-group bundles take a label selector but
+no ``fallback_strategy``. So the workers get one selector that admits every feasible node type of
+the placement (``medray.io/node-type in(…)``, plus the placement's site and drained-node
+exclusions): workers may spread over the training node types but never reach inference nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from medray.errors import PlacementError
+from medray.roles import NODE_TYPE_LABEL, SIMULATED_GPU_LABEL, NodeType, load_node_types
+from medray.scheduling import Placement, WorkloadProfile, place
+
+__all__ = ["TRAIN_ROLES", "any_candidate_selector", "WorkerPlacement", "place_workers"]
+
+TRAIN_ROLES = ("train",)
+
+
+def any_candidate_selector(placement: Placement) -> dict[str, str]:
+    """The placement's label selector widened from its best node type to all its candidates."""
+    selector = dict(placement.label_selector)
+    names = [t.name for t in placement.candidates]
+    selector[NODE_TYPE_LABEL] = names[0] if len(names) == 1 else f"in({','.join(names)})"
+    return selector
+
+
+@dataclass(frozen=True)
+class WorkerPlacement:
+    """Resources, label selector, accelerator type and torch backend of every training worker."""
+
+    placement: Placement
+    accelerator_type: str | None
+    backend: str  # "nccl" on real GPUs, "gloo" on CPUs or simulated GPUs
+
+    @property
+    def label_selector(self) -> dict[str, str]:
+        return any_candidate_selector(self.placement)
+
+    @property
+    def resources_per_worker(self) -> dict[str, float]:
+        profile = self.placement.profile
+        resources = {"CPU": profile.num_cpus}
+        if profile.num_gpus:
+            resources["GPU"] = profile.num_gpus
+        return resources
+
+    @property
+    def use_gpu(self) -> bool:
+        return bool(self.placement.profile.num_gpus)
+
+    def scaling_config(self, num_workers: int | tuple[int, int]) -> Any:
+        """Ray Train's ScalingConfig; ``(min, max)`` workers make the group elastic."""
+        from ray.train import ScalingConfig
+
+        return ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=self.use_gpu,
+            resources_per_worker=self.resources_per_worker,
+            label_selector=self.label_selector,
+            accelerator_type=self.accelerator_type,
+        )
+
+    def torch_config(self) -> Any:
+        from ray.train.torch import TorchConfig
+
+        return TorchConfig(backend=self.backend)
+
+
+def _live_nodes(names: set[str]) -> list[dict[str, Any]]:
+    import ray
+
+    return [n for n in ray.nodes() if n["Alive"] and n["Labels"].get(NODE_TYPE_LABEL) in names]
+
+
+def place_workers(
+    *,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 1.0,
+    accelerator: str | None = None,
+    node_types: Sequence[NodeType] | None = None,
+) -> WorkerPlacement:
+    """Place training workers on ``train`` nodes (of one ``accelerator`` model when given).
+
+    Needs a Ray connection: it checks that a candidate node is running and whether its GPUs are
+    real (NCCL) or simulated (gloo). Raises PlacementError otherwise.
+    """
+    types = list(node_types) if node_types is not None else load_node_types()
+    if accelerator is not None:
+        types = [t for t in types if t.accelerator == accelerator]
+    profile = WorkloadProfile(roles=TRAIN_ROLES, num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
+    placement = place(profile, types)
+    live = _live_nodes({t.name for t in placement.candidates})
+    if not live:
+        raise PlacementError(
+            f"no node of types {[t.name for t in placement.candidates]} is running in this Ray "
+            "cluster: start the medray cluster (`medray up --local`) or connect to one with training nodes"
+        )
+    real_gpus = gpus_per_worker > 0 and any(n["Labels"].get(SIMULATED_GPU_LABEL) != "true" for n in live)
+    accelerators = {t.accelerator for t in placement.candidates}
+    # Ray's accelerator_type is one model: set it only when every candidate has that model.
+    accelerator_type = accelerators.pop() if gpus_per_worker and len(accelerators) == 1 else None
+    return WorkerPlacement(placement=placement, accelerator_type=accelerator_type,
+                           backend="nccl" if real_gpus else "gloo")
