@@ -9,6 +9,7 @@ its workloads. A stage takes the :class:`DemoContext` and returns a short summar
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,7 +134,12 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(out=out, node_types=load_node_types(config), patients=patients, seed=seed)
     t0 = time.monotonic()
-    with local_cluster(config):
+    import ray.data
+
+    # The demo prints its own tables; workers' output and Ray Data's progress stay in the logs.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    with local_cluster(config, log_to_driver=False):
         for name, stage in _stages(only):
             ctx.say(f"\n== {name} ==")
             start = time.monotonic()

@@ -179,9 +179,12 @@ class LocalCluster:
 
 @contextmanager
 def local_cluster(
-    config: str | Path | None = None, *, connect: bool = True, **scale: Any
+    config: str | Path | None = None, *, connect: bool = True, log_to_driver: bool = True,
+    **scale: Any,
 ) -> Iterator[LocalCluster]:
     """Start the embedded cluster for ``config`` in-process, connect to it, stop it on exit.
+
+    ``log_to_driver=False`` keeps the workers' output in the cluster's log files.
 
     ``scale`` goes to :func:`local_node_specs` (``max_cpus_per_node``, ``object_store_mib``…).
     """
@@ -190,7 +193,7 @@ def local_cluster(
     cluster = LocalCluster(local_node_specs(load_node_types(config), **scale))
     try:
         if connect:
-            ray.init(address=cluster.address, log_to_driver=True)
+            ray.init(address=cluster.address, log_to_driver=log_to_driver)
         yield cluster
     finally:
         cluster.shutdown()
