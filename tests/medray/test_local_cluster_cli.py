@@ -15,7 +15,7 @@ def _gcs_pids():
     return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "gcs_server"}
 
 
-def _medray(*args, env, timeout=240):
+def _medray(*args, env, timeout=480):
     return subprocess.run([sys.executable, "-m", "medray", *args], env=env, check=True,
                           capture_output=True, text=True, timeout=timeout).stdout
 
@@ -48,7 +48,7 @@ def test_up_status_job_submit_down(tmp_path):
             [str(os.path.join(os.path.dirname(sys.executable), "ray")), "job", "submit",
              "--", sys.executable, str(job / "where.py")],
             env={**env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": "http://127.0.0.1:8265"},
-            capture_output=True, text=True, timeout=180,
+            capture_output=True, text=True, timeout=300,
         )
         assert submitted.returncode == 0, submitted.stdout[-3000:]
         assert "LANDED train-h100" in submitted.stdout
