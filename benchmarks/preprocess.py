@@ -1,6 +1,6 @@
 """Preprocessing throughput against single-process baselines, measured in the same run.
 
-    python benchmarks/preprocess.py [--sizes 512 128] [--patients 16 --slices 48] [--emr-rows 400000]
+    python benchmarks/preprocess.py [--sizes 512 128] [--patients 32 --slices 48] [--emr-rows 400000]
 
 DICOM: slices/s of the full pipeline (scan, de-identify, HU, resample, window, write Parquet) on
 the embedded local cluster, against one process looping over the same files doing only
@@ -164,9 +164,9 @@ def emr_rows(work: Path, key: bytes, n_rows: int, parts: int, repeats: int) -> l
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[512, 128],
+    p.add_argument("--sizes", type=int, nargs="*", default=[512, 128],
                    help="slice matrix sizes to test (512: clinical CT; 128: the demo cohort)")
-    p.add_argument("--patients", type=int, default=16)
+    p.add_argument("--patients", type=int, default=32)
     p.add_argument("--slices", type=int, default=48)
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs of each side; best counts")
     p.add_argument("--emr-rows", type=int, default=400_000)

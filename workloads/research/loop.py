@@ -228,7 +228,7 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
         batches = iter(session.batches(
             "train", batch_size=per_worker, dtypes=torch.float32, device=device, drop_last=True,
             prefetch_batches=2, pin_memory=device.type == "cuda",
-            local_shuffle_buffer_size=8 * per_worker, local_shuffle_seed=cfg.seed * 1000 + epoch))
+            local_shuffle_buffer_size=16 * per_worker, local_shuffle_seed=cfg.seed * 1000 + epoch))
         while True:
             w0 = time.perf_counter()
             batch = next(batches, None)

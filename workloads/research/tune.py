@@ -190,6 +190,10 @@ def tune(
         raise ConfigError("need trials >= 1, 1 <= grace_period <= epochs and reduction_factor >= 2")
     if base.workers != 1:
         raise ConfigError("each Tune trial trains in one process: use --workers 1 (DDP is for single runs)")
+    try:
+        import matplotlib  # noqa: F401 - checked before hours of search, used for the curves at the end
+    except ImportError:
+        raise ConfigError("the trial curves plot needs matplotlib: pip install matplotlib") from None
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
