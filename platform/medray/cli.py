@@ -20,7 +20,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print("only `medray up --local` is built in; for a real fleet use "
               "`ray up cluster.yaml` or `medray kuberay | kubectl apply -f -`", file=sys.stderr)
         return 2
-    state = up(args.config)
+    state = up(args.config, timeout_s=args.timeout)
     print(f"local cluster up: {len(state['node_types'])} nodes ({', '.join(state['node_types'])})")
     print(f"address {state['address']}  dashboard {state['dashboard']}")
     print("connect with ray.init(address='auto'); for `ray job submit` and `serve deploy` first run")
@@ -124,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the embedded multi-role cluster on this machine")
     up.add_argument("--local", action="store_true", help="one scaled-down node per node type here")
     up.add_argument("--config", help="cluster yaml (default: ./cluster.yaml or the shipped one)")
+    up.add_argument("--timeout", type=float, default=300,
+                    help="seconds to wait for all nodes and the job server (default 300)")
     up.set_defaults(func=_cmd_up)
 
     down = sub.add_parser("down", help="stop the local cluster")

@@ -42,6 +42,7 @@ __all__ = [
     "down",
     "running_state",
     "enable_client_token_auth",
+    "connect",
     "state_file",
 ]
 
@@ -221,8 +222,11 @@ def _ray_cli() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
-def up(config: str | Path | None = None, *, timeout_s: float = 120, **scale: Any) -> dict[str, Any]:
-    """Start the persistent local cluster with ``ray start``; returns what it records in :func:`state_file`."""
+def up(config: str | Path | None = None, *, timeout_s: float = 300, **scale: Any) -> dict[str, Any]:
+    """Start the persistent local cluster with ``ray start``; returns what it records in :func:`state_file`.
+
+    ``timeout_s`` bounds the whole start: every node alive and the job server accepting jobs.
+    """
     if state_file().exists():
         raise MedrayError(f"a local cluster is already up ({state_file()}): run `medray down` first")
     specs = local_node_specs(load_node_types(config), **scale)
@@ -231,12 +235,13 @@ def up(config: str | Path | None = None, *, timeout_s: float = 120, **scale: Any
     cluster_id = uuid.uuid4().hex
     address = f"{_node_ip()}:{_free_port()}"
     head, *workers = specs
+    deadline = time.monotonic() + timeout_s
     try:
         _run_ray_start([*ray_start_command(head), f"--port={address.rsplit(':', 1)[1]}"], cluster_id)
         for spec in workers:
             _run_ray_start(ray_start_command(spec, head_address=address), cluster_id)
-        _wait_for_nodes(address, len(specs), timeout_s)
-        _wait_for_job_api(cluster_id, timeout_s)
+        _wait_for_nodes(address, len(specs), deadline)
+        _wait_for_job_api(cluster_id, deadline)
     except BaseException:
         _stop_marked(cluster_id)  # never leave half a cluster behind
         raise
@@ -260,6 +265,18 @@ def enable_client_token_auth() -> None:
     """
     if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
         os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def connect() -> None:
+    """Connect to the running cluster unless connected: the job's under ``ray job submit``, else the local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS", "")
+    # A dashboard URL (what `ray job submit` takes) is not a driver address: find the cluster.
+    ray.init(address=address if address and not address.startswith("http") else "auto",
+             logging_level="WARNING")
 
 
 def running_state() -> dict[str, Any] | None:
@@ -317,7 +334,10 @@ def _free_port() -> int:
 
 def _run_ray_start(cmd: list[str], cluster_id: str) -> None:
     # One node at a time: concurrent `ray start`s overload the GCS on a 2-core machine.
-    cmd = [_ray_cli(), *cmd[1:]]
+    # Every node of this machine needs its own dashboard agent port: with Ray's fixed default, the
+    # head's agent loses the port to another node or cluster here, and the job server then has
+    # no agent to run jobs on ("No available agent to submit job").
+    cmd = [_ray_cli(), *cmd[1:], f"--dashboard-agent-listen-port={_free_port()}"]
     result = subprocess.run(cmd, env=_ray_env(cluster_id), capture_output=True, text=True)
     if result.returncode != 0:
         raise MedrayError(
@@ -325,27 +345,25 @@ def _run_ray_start(cmd: list[str], cluster_id: str) -> None:
         )
 
 
-def _wait_for_job_api(cluster_id: str, timeout_s: float) -> None:
+def _wait_for_job_api(cluster_id: str, deadline: float) -> None:
     """Submit a no-op job until the job server accepts it: agents register a while after the nodes."""
     env = {**_ray_env(cluster_id), "RAY_ADDRESS": "http://127.0.0.1:8265"}
-    deadline = time.monotonic() + timeout_s
     while True:
         result = subprocess.run([_ray_cli(), "job", "submit", "--", "true"], env=env,
                                 capture_output=True, text=True)
         if result.returncode == 0:
             return
         if time.monotonic() > deadline:
-            raise MedrayError(f"the job server did not accept jobs within {timeout_s:.0f} s:\n"
-                              f"{result.stderr[-1000:]}")
+            raise MedrayError("the job server did not accept jobs before the start timeout "
+                              f"(medray up --timeout):\n{result.stderr[-1000:]}")
         time.sleep(2)
 
 
-def _wait_for_nodes(address: str, count: int, timeout_s: float) -> None:
+def _wait_for_nodes(address: str, count: int, deadline: float) -> None:
     probe = (
         "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
         "print(sum(n['Alive'] for n in ray.nodes()))"
     )
-    deadline = time.monotonic() + timeout_s
     alive = 0
     while time.monotonic() < deadline:
         out = subprocess.run([sys.executable, "-c", probe, address], env=_ray_env(),
@@ -354,4 +372,5 @@ def _wait_for_nodes(address: str, count: int, timeout_s: float) -> None:
         if alive >= count:
             return
         time.sleep(1)
-    raise MedrayError(f"only {alive} of {count} local nodes came up within {timeout_s:.0f} s")
+    raise MedrayError(f"only {alive} of {count} local nodes came up before the start timeout "
+                      "(medray up --timeout)")

@@ -11,27 +11,45 @@ import pytest
 
 from ..conftest import CLUSTER_YAML
 
-def _gcs_pids():
-    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "gcs_server"}
+def _processes_of(cluster_id: str) -> list[str]:
+    """Live processes started for the local cluster ``cluster_id`` (marked in their environment)."""
+    found = []
+    for proc in psutil.process_iter(["name", "status"]):
+        # Zombies are dead: a container whose PID 1 does not reap them lists them until it exits.
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            if proc.environ().get("MEDRAY_LOCAL_CLUSTER_ID") == cluster_id:
+                found.append(proc.info["name"])
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
 
 
-def _medray(*args, env, timeout=480):
-    return subprocess.run([sys.executable, "-m", "medray", *args], env=env, check=True,
-                          capture_output=True, text=True, timeout=timeout).stdout
+def _medray(*args, env, timeout=600):
+    result = subprocess.run([sys.executable, "-m", "medray", *args], env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout,
+                                            f"{result.stderr[-3000:]}")
+    return result.stdout
 
 
 def test_up_status_job_submit_down(tmp_path):
-    gcs_before = _gcs_pids()
     env = {**os.environ, "MEDRAY_HOME": str(tmp_path / "home")}
     try:
-        out = _medray("up", "--local", "--config", str(CLUSTER_YAML), env=env)
+        try:
+            out = _medray("up", "--local", "--config", str(CLUSTER_YAML), "--timeout", "540", env=env)
+        except subprocess.CalledProcessError as e:
+            pytest.fail(f"`medray up --local` failed:\n{e.stderr}")
         assert "local cluster up: 8 nodes" in out
+        state = json.loads((tmp_path / "home" / "local-cluster.json").read_text())
+        assert "gcs_server" in _processes_of(state["id"])
         with pytest.raises(subprocess.CalledProcessError):  # a second `up` is refused
             _medray("up", "--local", "--config", str(CLUSTER_YAML), env=env)
 
         rows = json.loads(_medray("status", "--json", env=env))
-        assert sorted(r["node_type"] for r in rows) == sorted(
-            json.loads((tmp_path / "home" / "local-cluster.json").read_text())["node_types"])
+        assert sorted(r["node_type"] for r in rows) == sorted(state["node_types"])
         assert all(r["alive"] for r in rows)
 
         job = tmp_path / "job"
@@ -54,5 +72,5 @@ def test_up_status_job_submit_down(tmp_path):
         assert "LANDED train-h100" in submitted.stdout
     finally:
         _medray("down", env=env)
-    assert _gcs_pids() <= gcs_before, "`medray down` left its GCS running"
+    assert _processes_of(state["id"]) == [], "`medray down` left processes of its cluster running"
     assert not (tmp_path / "home" / "local-cluster.json").exists()
