@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -31,6 +32,7 @@ __all__ = [
     "MIN_KEY_BYTES",
     "MAX_DATE_SHIFT_DAYS",
     "load_key",
+    "ensure_key_file",
     "key_id",
     "pseudonym",
     "pseudo_uid",
@@ -95,6 +97,26 @@ def load_key(path: str | Path | None = None) -> bytes:
     except UnicodeDecodeError:
         raise ConfigError(f"key file {path} is not hex or UTF-8 text: {_HOW_TO_SET}") from None
     return _parse_key(text, f"key file {path}")
+
+
+def ensure_key_file(path: str | Path) -> Path:
+    """Create ``path`` holding a fresh random key (mode 0600) unless it exists; return the path.
+
+    For demos, notebooks and tests. Production keys come from the hospital's secret store, as
+    ``$MEDRAY_DEID_KEY`` or a 0600 file: keep them stable and backed up, since a new key means new
+    pseudonyms and outputs of two keys do not join. An existing file is checked with :func:`load_key`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL with mode 0600: the secret is never readable by others, not even briefly.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        load_key(path)
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return path
 
 
 def key_id(key: bytes) -> str:

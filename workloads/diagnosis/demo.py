@@ -17,10 +17,10 @@ from medray.audit import verify_chain
 from medray.auth import add_client
 from medray.demo import DemoContext
 from medray.errors import RegistryError
+from medray.pseudonym import ensure_key_file
 from medray.registry import resolve
 from workloads.diagnosis.local import run_local, stop_local
 from workloads.diagnosis.multipart import encode_series
-from workloads.preprocess.keys import ensure_key_file
 
 __all__ = ["HELD_OUT", "stage"]
 

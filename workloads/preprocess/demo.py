@@ -17,10 +17,9 @@ from typing import Any
 
 from medray.deid import DeidOptions
 from medray.demo import DemoContext
-from medray.pseudonym import load_key
+from medray.pseudonym import ensure_key_file, load_key
 from workloads.preprocess.dicom import DicomOptions, preprocess_dicom
 from workloads.preprocess.emr import preprocess_emr
-from workloads.preprocess.keys import ensure_key_file
 
 __all__ = ["stage"]
 

@@ -35,6 +35,7 @@ import pyarrow as pa
 from medray.deid import PROFILE_CODES, TABLE_VERSION, DeidOptions, method_description
 from medray.errors import ConfigError, MedrayError
 from medray.imaging import WINDOWS, InputSpec
+from medray.local_cluster import connect
 from medray.logs import get_logger
 from medray.metrics import counter
 from medray.pseudonym import key_id, load_key
@@ -44,7 +45,6 @@ from workloads.preprocess.runs import (
     QUARANTINE,
     QUARANTINE_SCHEMA,
     Quarantined,
-    connect,
     default_concurrency,
     format_table,
     list_files,

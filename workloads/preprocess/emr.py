@@ -27,12 +27,12 @@ from typing import Any
 import pyarrow as pa
 
 from medray.errors import ConfigError, MedrayError
+from medray.local_cluster import connect
 from medray.logs import get_logger
 from medray.pseudonym import key_id, load_key
 from medray.safe_harbor import EmrMapping, deidentify_table
 from medray.shards import write_parquet
 from workloads.preprocess.runs import (
-    connect,
     default_concurrency,
     format_table,
     list_files,

@@ -26,7 +26,6 @@ __all__ = [
     "QUARANTINE",
     "QUARANTINE_SCHEMA",
     "Quarantined",
-    "connect",
     "placement",
     "default_concurrency",
     "map_options",
@@ -56,18 +55,6 @@ class Quarantined:
     path: str
     reason: str
     message: str
-
-
-def connect() -> None:
-    """Connect to the running cluster: the job's under ``ray job submit``, else the local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS", "")
-    # A dashboard URL (what `ray job submit` takes) is not a driver address: find the cluster.
-    ray.init(address=address if address and not address.startswith("http") else "auto",
-             logging_level="WARNING")
 
 
 def placement(profile: WorkloadProfile = PREP_PROFILE) -> Placement:

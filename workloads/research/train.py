@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from medray.errors import MedrayError
+from medray.local_cluster import connect
 from medray.logs import get_logger
 from medray.precision import PRECISIONS
 from medray.registry import RegisteredModel, register
-from workloads.preprocess.runs import connect
 from workloads.research.config import TrainConfig
 from workloads.research.data import Cohort, build_datasets, load_cohort
 from workloads.research.loop import WEIGHTS_FILE, summarise, train_worker

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from medray.errors import ConfigError, MedrayError
+from medray.local_cluster import connect
 from medray.logs import get_logger
 from medray.roles import NODE_TYPE_LABEL
-from workloads.preprocess.runs import connect
 from workloads.research.config import TrainConfig
 from workloads.research.data import build_datasets, load_cohort
 from workloads.research.loop import TuneSession, run

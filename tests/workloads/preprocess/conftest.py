@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 
 from medray.deid import DeidOptions
-from medray.pseudonym import load_key
+from medray.pseudonym import ensure_key_file, load_key
 from medray.synth import generate_cohort
 from tests.workloads.preprocess.helpers import PATIENTS, ROWS, SLICES
 from workloads.preprocess.dicom import DicomOptions, preprocess_dicom
-from workloads.preprocess.keys import ensure_key_file
 
 
 @pytest.fixture(scope="session")
