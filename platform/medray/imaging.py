@@ -125,14 +125,18 @@ class InputSpec:
         return cls(**d)
 
 
-def to_hu(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
-    """Stored pixel values to Hounsfield units (``stored * slope + intercept``) as float32."""
-    hu = np.asarray(stored).astype(np.float32)
-    if slope != 1:
-        hu *= np.float32(slope)
+def to_hu(stored: np.ndarray, slope: float, intercept: float, *, out: np.ndarray | None = None) -> np.ndarray:
+    """Stored pixel values to Hounsfield units (``stored * slope + intercept``) as float32.
+
+    ``out``: a float32 array of the same shape to write into (e.g. one slice of a volume).
+    """
+    stored = np.asarray(stored)
+    if out is None:
+        out = np.empty(stored.shape, dtype=np.float32)
+    np.multiply(stored, np.float32(slope), out=out, casting="unsafe")
     if intercept != 0:
-        hu += np.float32(intercept)
-    return hu
+        out += np.float32(intercept)
+    return out
 
 
 def apply_window(hu: np.ndarray, window: Window) -> np.ndarray:
@@ -150,24 +154,42 @@ def _as_volume(volume: np.ndarray) -> np.ndarray:
     return vol
 
 
-def _crop_or_pad(vol: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """Centre-crop or pad ``vol`` to ``shape``; padding uses the volume minimum (air in CT)."""
-    if vol.shape == shape:
-        return vol
-    src: list[slice] = []
-    dst: list[slice] = []
-    for have, want in zip(vol.shape, shape):
-        if have >= want:
-            start = (have - want) // 2
-            src.append(slice(start, start + want))
-            dst.append(slice(0, want))
-        else:
-            start = (want - have) // 2
-            src.append(slice(0, have))
-            dst.append(slice(start, start + have))
-    out = np.full(shape, vol.min(), dtype=np.float32)
-    out[tuple(dst)] = vol[tuple(src)]
-    return out
+def _axis_weights(n: int, m: int, keep: range) -> tuple[np.ndarray, np.ndarray]:
+    """Banded weights resampling an axis of ``n`` voxels to ``m``, for the outputs in ``keep``.
+
+    Returns ``(index, weight)``, both ``(len(keep), band)``: output ``i`` is
+    ``sum(weight[i] * input[index[i]])``. Shrinking by 2 or more averages the input voxels each
+    output voxel covers, by overlap (an exact box filter: no aliasing, no skipped voxels); otherwise
+    linear interpolation between voxel centres, edges clamped (``align_corners=False``).
+    """
+    out = np.arange(keep.start, keep.stop, dtype=np.float64)
+    scale = n / m
+    if n >= 2 * m:
+        lo, hi = out * scale, (out + 1) * scale
+        first = np.floor(lo).astype(np.int64)
+        band = int(np.max(np.ceil(hi).astype(np.int64) - first))
+        index = first[:, None] + np.arange(band)
+        weight = (np.minimum(index + 1, hi[:, None]) - np.maximum(index, lo[:, None])) / scale
+        weight = np.clip(weight, 0.0, None)
+    else:
+        src = np.clip((out + 0.5) * scale - 0.5, 0.0, n - 1)
+        first = np.floor(src).astype(np.int64)
+        index = np.stack([first, first + 1], axis=1)
+        frac = src - first
+        weight = np.stack([1.0 - frac, frac], axis=1)
+    index = np.minimum(index, n - 1)  # padded band entries carry weight 0
+    return index, weight.astype(np.float32)
+
+
+def _kept(size: int, want: int | None) -> tuple[range, tuple[int, int]]:
+    """Which outputs survive a centre crop to ``want``, and the (before, after) padding it needs."""
+    if want is None or size == want:
+        return range(size), (0, 0)
+    if size > want:
+        start = (size - want) // 2
+        return range(start, start + want), (0, 0)
+    before = (want - size) // 2
+    return range(size), (before, want - size - before)
 
 
 def resample(
@@ -180,32 +202,38 @@ def resample(
     """Resample a (z, y, x) volume to ``target_spacing_mm``, then centre-crop/pad to ``target_shape``.
 
     The output size along each axis is ``round(size * spacing / target_spacing)`` (at least 1), so
-    the physical extent is kept. Interpolation is trilinear; when an axis shrinks by a factor k >= 2
-    it is first interpolated to k times the output size and then averaged over k voxels, so that
-    downsampling (e.g. 0.7 mm to 6 mm) averages rather than skips voxels and small structures are
-    not lost to aliasing. ``target_shape`` alone only crops/pads (pad value: the volume minimum).
+    the physical extent is kept. Each axis is resampled on its own (the filter is separable): an
+    axis that shrinks by 2 or more is box-averaged over the voxels each output voxel covers, so
+    that downsampling (e.g. 0.7 mm to 6 mm) averages rather than skips voxels and small structures
+    are not lost to aliasing; otherwise it is interpolated linearly (trilinear overall). Only the
+    output voxels that survive the crop are computed, from only the input voxels they need.
+    Padding uses the minimum of what is kept (air in CT).
     """
     vol = _as_volume(volume)
     spacing = _triple(spacing_mm, "spacing_mm")
     if target_spacing_mm is not None:
         target = _triple(target_spacing_mm, "target_spacing_mm")
         size = tuple(max(1, round(n * s / t)) for n, s, t in zip(vol.shape, spacing, target))
-        if size != vol.shape:
-            # Imported here so that importing medray.imaging (e.g. for InputSpec in the registry or
-            # the CLI) does not pay for importing torch.
-            import torch
-            import torch.nn.functional as F
-
-            factor = tuple(max(1, n // m) for n, m in zip(vol.shape, size))
-            x = torch.from_numpy(np.ascontiguousarray(vol))[None, None]  # (1, 1, z, y, x)
-            x = F.interpolate(x, size=tuple(m * k for m, k in zip(size, factor)), mode="trilinear",
-                              align_corners=False)
-            if factor != (1, 1, 1):
-                x = F.avg_pool3d(x, kernel_size=factor)  # exact: each output voxel averages k voxels
-            vol = x[0, 0].numpy()
-    if target_shape is not None:
-        vol = _crop_or_pad(vol, _triple(target_shape, "target_shape", integer=True))
-    return np.ascontiguousarray(vol)
+    else:
+        size = vol.shape
+    shape = _triple(target_shape, "target_shape", integer=True) if target_shape is not None else size
+    kept, pads = zip(*(_kept(have, want) for have, want in zip(size, shape)))
+    # Most-shrinking axis first: later axes then work on less data.
+    for axis in sorted(range(3), key=lambda a: len(kept[a]) / vol.shape[a]):
+        n, keep = vol.shape[axis], kept[axis]
+        if size[axis] == n:  # no resampling along this axis: a crop at most
+            vol = vol[(slice(None),) * axis + (slice(keep.start, keep.stop),)]
+            continue
+        index, weight = _axis_weights(n, size[axis], keep)
+        used = slice(int(index.min()), int(index.max()) + 1)
+        dense = np.zeros((len(keep), used.stop - used.start), np.float32)
+        np.add.at(dense, (np.arange(len(keep))[:, None], index - used.start), weight)
+        # One matrix product (BLAS) per axis, over the input voxels the kept outputs need.
+        part = vol[(slice(None),) * axis + (used,)]
+        vol = np.moveaxis(np.tensordot(dense, part, axes=(1, axis)), 0, axis)
+    if any(p != (0, 0) for p in pads):
+        vol = np.pad(vol, pads, constant_values=vol.min())
+    return np.ascontiguousarray(vol, dtype=np.float32)
 
 
 def normalize_volume(hu: np.ndarray, spacing_mm: Sequence[float], spec: InputSpec) -> np.ndarray:

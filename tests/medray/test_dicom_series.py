@@ -245,3 +245,30 @@ def test_real_ct_file_reads_into_one_slice_volume():
     assert vol.modality == "CT"
     assert -1100 < vol.hu.min() < vol.hu.max() < 3100  # plausible HU: air to dense bone
     assert vol.hu.mean() > -1000
+
+
+def test_uncompressed_pixel_data_decodes_as_pydicoms_decoder_does():
+    """The direct little-endian view and pydicom's decoder agree on every pydicom file it applies to."""
+    import warnings
+
+    from pydicom.data import get_testdata_files
+
+    from medray.dicom_series import _decode, _native_dtype
+
+    checked = 0
+    for path in get_testdata_files("*.dcm"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ds = pydicom.dcmread(path)
+                rows, columns = int(ds.Rows), int(ds.Columns)
+                frames = int(ds.get("NumberOfFrames", 1) or 1)
+            except Exception:
+                continue
+            if frames != 1 or _native_dtype(ds, rows, columns) is None:
+                continue
+            expected, _ = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds)
+        got = _decode(ds, rows, columns)
+        assert got.dtype == expected.dtype and np.array_equal(got, expected), path
+        checked += 1
+    assert checked >= 5

@@ -56,7 +56,8 @@ def test_resample_target_shape_crops_and_pads_with_air():
     vol = np.arange(4 * 6 * 8, dtype=np.float32).reshape(4, 6, 8) - 1000.0
     out = resample(vol, (1, 1, 1), target_shape=(6, 4, 8))
     assert out.shape == (6, 4, 8)
-    np.testing.assert_array_equal(out[0], np.full((4, 8), vol.min()))  # padded z, value = minimum
+    # Padded z, value = the minimum of what is kept (air in CT).
+    np.testing.assert_array_equal(out[0], np.full((4, 8), vol[:, 1:5, :].min()))
     np.testing.assert_array_equal(out[1:5], vol[:, 1:5, :])  # centred crop in y
     assert resample(vol, (1, 1, 1)).shape == vol.shape
 
@@ -107,3 +108,26 @@ def test_input_spec_rejects_bad_input_clearly(bad, match):
         InputSpec.from_dict(bad)
     with pytest.raises(ConfigError):
         InputSpec.from_dict(["not", "a", "dict"])
+
+
+@pytest.mark.parametrize("spacing, target", [((1.25, 0.7, 0.7), (6.0, 6.0, 6.0)),
+                                             ((5.0, 3.0, 3.0), (6.0, 6.0, 6.0)),
+                                             ((1.0, 1.0, 1.0), (0.5, 1.5, 2.0))])
+def test_resample_computes_only_the_crop_but_equals_resample_then_crop(spacing, target):
+    vol = np.random.default_rng(0).normal(size=(30, 70, 50)).astype(np.float32)
+    full = resample(vol, spacing, target_spacing_mm=target)
+    shape = tuple(max(1, n - 3) for n in full.shape)  # crop every axis
+    cropped = resample(vol, spacing, target_spacing_mm=target, target_shape=shape)
+    start = [(n - m) // 2 for n, m in zip(full.shape, shape)]
+    expected = full[tuple(slice(s, s + m) for s, m in zip(start, shape))]
+    np.testing.assert_allclose(cropped, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_resample_box_averages_when_shrinking_by_two_or_more():
+    vol = np.arange(12, dtype=np.float32).reshape(1, 1, 12) * np.ones((2, 2, 1), np.float32)
+    out = resample(vol, (1, 1, 1), target_spacing_mm=(1, 1, 4))  # 12 -> 3 voxels along x
+    np.testing.assert_allclose(out[0, 0], [1.5, 5.5, 9.5])  # means of 0-3, 4-7, 8-11
+    out = resample(vol, (1, 1, 1), target_spacing_mm=(1, 1, 12 / 5))  # 12 -> 5: overlap-weighted
+    assert out.shape == (2, 2, 5)
+    np.testing.assert_allclose(out[0, 0, 0], (0 + 1 + 0.4 * 2) / 2.4, rtol=1e-6)
+    np.testing.assert_allclose(out.mean(), vol.mean(), rtol=1e-6)  # a box filter keeps the mean
