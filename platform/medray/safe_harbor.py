@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from medray.errors import ConfigError
-from medray.pseudonym import date_shift_days, pseudonym
+from medray.pseudonym import date_shifts, pseudonyms
 from medray.shards import PATIENT_PSEUDONYM
 
 __all__ = [
@@ -195,11 +195,12 @@ class TableResult:
 
 # --- Column transforms -----------------------------------------------------------------------
 
-def _per_distinct(values: pa.ChunkedArray, fn: Callable[[str], Any], out_type: pa.DataType) -> pa.Array:
-    """``fn`` of each row's value, evaluated once per distinct value (nulls stay null)."""
+def _per_distinct(values: pa.ChunkedArray, fn: Callable[[list[str]], list[Any]],
+                  out_type: pa.DataType) -> pa.Array:
+    """``fn`` (a batch function) of each row's value, evaluated once per distinct value (nulls stay null)."""
     strings = pc.cast(values, pa.string())
     distinct = pc.unique(strings).drop_null()
-    mapped = pa.array([fn(v) for v in distinct.to_pylist()], type=out_type)
+    mapped = pa.array(fn(distinct.to_pylist()), type=out_type)
     return pc.take(mapped, pc.index_in(strings, value_set=distinct))
 
 
@@ -278,8 +279,8 @@ def deidentify_table(table: pa.Table, mapping: TableMapping, key: bytes, *,
     if not pc.all(has_id).as_py():
         table, mrn = table.filter(has_id), pc.filter(mrn, has_id)
 
-    patient = _per_distinct(mrn, lambda v: pseudonym(key, v, kind="patient"), pa.string())
-    days = _per_distinct(mrn, lambda v: date_shift_days(key, v), pa.int32())
+    patient = _per_distinct(mrn, lambda vs: pseudonyms(key, vs, kind="patient"), pa.string())
+    days = _per_distinct(mrn, lambda vs: date_shifts(key, vs), pa.int32())
     names: list[str] = [PATIENT_PSEUDONYM]
     columns: list[pa.Array | pa.ChunkedArray] = [patient]
     roles: dict[str, str] = {}
@@ -298,7 +299,7 @@ def deidentify_table(table: pa.Table, mapping: TableMapping, key: bytes, *,
         if role == "keep":
             out = values
         elif role == "pseudonym":
-            out = _per_distinct(values, lambda v, kind=name: pseudonym(key, v, kind=kind), pa.string())
+            out = _per_distinct(values, lambda vs, kind=name: pseudonyms(key, vs, kind=kind), pa.string())
         elif role == "date":
             out = _shift(values, days, name)
         elif role == "age":

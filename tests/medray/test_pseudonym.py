@@ -1,12 +1,23 @@
 """medray.pseudonym: keyed, deterministic pseudonyms and key loading."""
 
+import hashlib
+import hmac
 import os
 import re
 
 import pytest
 
 from medray.errors import ConfigError
-from medray.pseudonym import KEY_ENV, date_shift_days, key_id, load_key, pseudo_uid, pseudonym
+from medray.pseudonym import (
+    KEY_ENV,
+    date_shift_days,
+    date_shifts,
+    key_id,
+    load_key,
+    pseudo_uid,
+    pseudonym,
+    pseudonyms,
+)
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -80,3 +91,15 @@ def test_load_key_from_file_requires_0600(tmp_path, monkeypatch):
     assert load_key(str(path)) == bytes.fromhex(SECRET_HEX)
     with pytest.raises(ConfigError, match="does not exist"):
         load_key(tmp_path / "missing.key")
+
+
+def test_pseudonyms_are_hmac_sha256_of_kind_nul_value_and_batches_agree():
+    """The published definition (a stable contract: changing it would break every join) and the batch API."""
+    values = ["MRN-001", " MRN-001\0", "MRN-002", "Ünïcode"]
+    stripped = [v.strip(" \t\r\n\0") for v in values]
+    expected = [hmac.new(KEY, f"patient\0{v}".encode(), hashlib.sha256).hexdigest()[:24] for v in stripped]
+    assert pseudonyms(KEY, values, kind="patient") == expected
+    assert [pseudonym(KEY, v, kind="patient") for v in values] == expected
+    assert date_shifts(KEY, values) == [date_shift_days(KEY, v) for v in values]
+    with pytest.raises(ValueError, match="at least"):
+        pseudonyms(b"short", [], kind="patient")

@@ -141,12 +141,13 @@ def test_pseudonymised_ids_join_across_tables(emr):
 
 def test_keyed_functions_run_once_per_distinct_value_not_per_row(emr, monkeypatch):
     calls = []
-    real = safe_harbor.pseudonym
-    def counting(key, value, *, kind):
-        calls.append(kind)
-        return real(key, value, kind=kind)
+    real = safe_harbor.pseudonyms
 
-    monkeypatch.setattr(safe_harbor, "pseudonym", counting)
+    def counting(key, values, *, kind):
+        calls.extend([kind] * len(values))
+        return real(key, values, kind=kind)
+
+    monkeypatch.setattr(safe_harbor, "pseudonyms", counting)
     labs = emr["labs"]
     deid(labs, "labs")
     assert calls.count("patient") == len(set(labs["mrn"].to_pylist())) < labs.num_rows
