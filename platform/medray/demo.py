@@ -146,7 +146,8 @@ def run_demo(
             ctx.results[name] = {**stage(ctx), "seconds": round(time.monotonic() - start, 1)}
     ctx.say("\n== summary ==")
     for name, result in ctx.results.items():
-        ctx.say(f"{name:18} {json.dumps(result, default=str)}")
+        shown = {k: v for k, v in result.items() if k != "figures"}  # the report shows them
+        ctx.say(f"{name:18} {json.dumps(shown, default=str)}")
     (out / "summary.json").write_text(json.dumps(ctx.results, indent=2, default=str))
     report = write_report(out, ctx.results)
     ctx.say(f"demo finished in {time.monotonic() - t0:.0f} s; report {report.resolve()}")

@@ -2,8 +2,9 @@
 
 It shows the node table by role, where each stage ran, every stage's summary and every figure the
 stages produced. A stage adds figures by returning ``"figures": [{"path": …, "caption": …}]`` with
-paths relative to the demo's output folder. Nothing in it may carry PHI: stages only hand over
-pseudonymous, de-identified material.
+paths relative to the demo's output folder (:func:`figure_entry` builds one for a PNG that
+:mod:`medray.figures` wrote under ``FIGURES_DIR``). Nothing in it may carry PHI: stages only hand
+over pseudonymous, de-identified material.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_report"]
+__all__ = ["FIGURES_DIR", "figure_entry", "write_report"]
+
+FIGURES_DIR = "figures"  # under the demo output folder
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 72rem; color: #1b1f24; }
@@ -22,8 +25,9 @@ h1 { margin-bottom: 0; } .sub { color: #57606a; margin-top: .2rem; }
 table { border-collapse: collapse; margin: .5rem 0 1.5rem; font-size: .9rem; }
 th, td { border: 1px solid #d0d7de; padding: .25rem .6rem; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-figure { display: inline-block; margin: .5rem 1rem 1rem 0; max-width: 34rem; }
-figure img { max-width: 100%; border: 1px solid #d0d7de; } figcaption { font-size: .85rem; color: #57606a; }
+figure { display: inline-block; vertical-align: top; margin: .5rem 1rem 1rem 0; max-width: 100%; }
+figure img { max-width: 100%; border: 1px solid #d0d7de; }
+figcaption { font-size: .85rem; color: #57606a; max-width: 40rem; }
 code { background: #f6f8fa; padding: 0 .2rem; }
 """
 
@@ -77,13 +81,18 @@ def _stage_section(name: str, result: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def figure_entry(out: str | Path, path: str | Path, caption: str) -> dict[str, str]:
+    """The ``"figures"`` item of a stage result for the image ``path`` under the demo folder ``out``."""
+    return {"path": Path(path).resolve().relative_to(Path(out).resolve()).as_posix(), "caption": caption}
+
+
 def write_report(out: str | Path, results: dict[str, dict[str, Any]]) -> Path:
     """Write ``out/report.html`` for the stage results of a demo run; returns its path."""
     out = Path(out)
     missing = [f["path"] for r in results.values() for f in r.get("figures", [])
-               if not (out / f["path"]).is_file()]
+               if not (out / f["path"]).is_file() or (out / f["path"]).stat().st_size == 0]
     if missing:
-        raise FileNotFoundError(f"report figures missing under {out}: {missing}")
+        raise FileNotFoundError(f"report figures missing or empty under {out}: {missing}")
     total = sum(float(r.get("seconds", 0)) for r in results.values())
     summary = _table(["stage", "seconds"], [[n, r.get("seconds", "")] for n, r in results.items()])
     page = f"""<!doctype html>

@@ -5,14 +5,12 @@ import os
 import shutil
 import subprocess
 
-import matplotlib
+import numpy as np
+import pytest
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from medray.report import write_report  # noqa: E402
+from medray.figures import slice_montage
+from medray.report import figure_entry, write_report
 
 
 def _chromium():
@@ -26,10 +24,8 @@ def _chromium():
 
 @pytest.fixture()
 def demo_out(tmp_path):
-    fig, ax = plt.subplots(figsize=(3, 2))
-    ax.imshow(np.linspace(0, 1, 64 * 64).reshape(64, 64), cmap="gray")
-    fig.savefig(tmp_path / "slices.png")
-    plt.close(fig)
+    slice_montage([np.linspace(0, 1, 64 * 64).reshape(64, 64)], ["gradient"], tmp_path / "slices.png",
+                  panel_px=300)
     nodes = [{"role": "infer", "node_type": "infer-t4", "site": "main", "storage": "nvme",
               "accelerator": "T4", "resources": {"CPU": 2, "GPU": 1}, "gpu_health": "no GPU"}]
     (tmp_path / "nodes.json").write_text(json.dumps(nodes))
@@ -47,16 +43,21 @@ def test_report_lists_stages_nodes_and_figures(demo_out):
     assert "windowed slices" in page and "truncated" in page
 
 
-def test_missing_figure_is_an_error(demo_out):
+def test_missing_or_empty_figure_is_an_error(demo_out):
     with pytest.raises(FileNotFoundError, match="nope.png"):
         write_report(demo_out, {"x": {"figures": [{"path": "nope.png"}]}})
+    (demo_out / "empty.png").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="empty.png"):
+        write_report(demo_out, {"x": {"figures": [{"path": "empty.png"}]}})
 
 
-def test_report_renders_in_headless_chromium(demo_out, tmp_path):
-    chromium = _chromium()
-    report = write_report(demo_out, {"10-preprocess": {
-        "seconds": 1, "figures": [{"path": "slices.png", "caption": "windowed slices"}]}})
-    shot = tmp_path / "shot.png"
+def test_figure_entry_is_relative_to_the_demo_folder(demo_out):
+    assert figure_entry(demo_out, demo_out / "figures" / "a.png", "cap") == {"path": "figures/a.png", "caption": "cap"}
+
+
+def screenshot(chromium, report, tmp_path):
+    """A 1200x900 screenshot of ``report`` as grey levels."""
+    shot = tmp_path / f"{report.parent.name}.png"
     subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -65,8 +66,21 @@ def test_report_renders_in_headless_chromium(demo_out, tmp_path):
         check=True, capture_output=True, timeout=120,
     )
     assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
-    from PIL import Image
+    return np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
 
-    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+
+def test_report_renders_in_headless_chromium_with_its_figures(demo_out, tmp_path):
+    chromium = _chromium()
+    with_figure = write_report(demo_out, {"10-preprocess": {
+        "seconds": 1, "figures": [{"path": "slices.png", "caption": "windowed slices"}]}})
+    plain_dir = tmp_path / "plain"
+    plain_dir.mkdir()
+    plain = write_report(plain_dir, {"10-preprocess": {"seconds": 1}})
+    pixels, plain_pixels = screenshot(chromium, with_figure, tmp_path), screenshot(chromium, plain, tmp_path)
     assert pixels.std() > 5, "the screenshot is blank"
-    assert (demo_out / "slices.png").stat().st_size > 1000
+
+    def grey(p):  # neither white page nor black text: the figure's grey gradient
+        return int(((p > 40) & (p < 215)).sum())
+
+    # The browser drew the figure's pixels (a broken or empty image would add a small icon at most).
+    assert grey(pixels) - grey(plain_pixels) > 20_000

@@ -2,42 +2,116 @@
 
 It uses the newest ``nodule`` model that the research stage registered in ``ctx.registry``, the
 demo's de-identification key (``ctx.out/deid.key``, shared with preprocessing, so pseudonyms
-match), and writes its tokens and audit log under ``ctx.out/diagnosis/``.
+match). It writes its tokens and audit log under ``ctx.out/diagnosis/`` and two figures under
+``ctx.out/figures/``: the studies it sent with the model's findings (``diagnosis-findings.png``) and
+where each request's time went (``diagnosis-latency.png``).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from medray import figures
 from medray.audit import verify_chain
 from medray.auth import add_client
 from medray.demo import DemoContext
+from medray.dicom_series import DEFAULT_MAX_PIXELS
 from medray.errors import RegistryError
+from medray.imaging import InputSpec
 from medray.pseudonym import ensure_key_file
 from medray.registry import resolve
+from medray.report import FIGURES_DIR, figure_entry
+from medray.shards import window_name
 from workloads.diagnosis.local import run_local, stop_local
-from workloads.diagnosis.multipart import encode_series
+from workloads.diagnosis.multipart import DICOM, encode_series
+from workloads.diagnosis.pipeline import prepare
 
 __all__ = ["HELD_OUT", "stage"]
 
 HELD_OUT = 4  # the cohort's last studies
 
 
-def _held_out(cohort: Path, n: int) -> list[tuple[str, bool, list[bytes]]]:
+@dataclass(frozen=True)
+class _Request:
+    name: str  # the cohort's folder name (an index) or pydicom's file name: never PHI
+    truth: bool | None  # nodule in the ground truth; None where unknown
+    lane: str
+    instances: list[bytes] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    request: _Request
+    result: dict[str, Any]  # the service's JSON answer: pseudonyms only
+    latency_ms: float  # as the client saw it
+
+
+def _held_out(cohort: Path, n: int) -> list[_Request]:
     import pyarrow.parquet as pq
 
     truth = pq.read_table(cohort / "ground_truth.parquet", columns=["series_dir", "has_nodule"]).to_pylist()
+    rows = sorted(truth, key=lambda r: r["series_dir"])[-n:]
     studies = []
-    for row in sorted(truth, key=lambda r: r["series_dir"])[-n:]:
+    for i, row in enumerate(rows):
         series_dir = cohort / row["series_dir"] if not Path(row["series_dir"]).is_absolute() else Path(row["series_dir"])
         files = sorted(series_dir.glob("*.dcm"))
-        # Show the cohort's folder name (an index, never PHI) to identify the study on screen.
-        studies.append((series_dir.parent.name, bool(row["has_nodule"]), [f.read_bytes() for f in files]))
+        # The last one is sent as an emergency, through the reserved lane.
+        studies.append(_Request(series_dir.parent.name, bool(row["has_nodule"]),
+                                "emergency" if i == len(rows) - 1 else "routine", [f.read_bytes() for f in files]))
     return studies
+
+
+def _post(client: httpx.Client, request: _Request) -> _Answer:
+    # A series travels as DICOMweb multipart, a single instance as plain application/dicom.
+    instances = request.instances
+    body, content_type = encode_series(instances) if len(instances) > 1 else (instances[0], DICOM)
+    t0 = time.perf_counter()
+    r = client.post("/v1/diagnose", content=body, headers={"Content-Type": content_type,
+                                                         "X-Medray-Priority": request.lane})
+    latency_ms = (time.perf_counter() - t0) * 1e3
+    r.raise_for_status()
+    return _Answer(request, r.json(), latency_ms)
+
+
+def _truth(truth: bool | None) -> str:
+    return "unknown" if truth is None else "nodule" if truth else "no nodule"
+
+
+def _findings_figure(ctx: DemoContext, spec: InputSpec, answers: list[_Answer]) -> dict[str, str]:
+    # The model's input, normalised here exactly as the service did (same code, same spec); only
+    # pixels and the answer's pseudonymous reference reach the figure.
+    volumes = [prepare(a.request.instances, spec, max_pixels=DEFAULT_MAX_PIXELS).x for a in answers]
+    titles = [f"{a.result['study']['study_ref'][:16]}…\n"
+              f"p={a.result['finding']['probability']:.2f} {a.result['finding']['label']}\n"
+              f"truth: {_truth(a.request.truth)}" for a in answers]
+    path = figures.slice_montage(volumes, titles, ctx.out / FIGURES_DIR / "diagnosis-findings.png",
+                                 view="max", columns=len(volumes))
+    return figure_entry(ctx.out, path, "The studies sent to the diagnosis service as the model saw them (axial "
+                                       f"maximum-intensity projection of the {window_name(spec.window)} window input), each under "
+                                       "its pseudonymous study reference, the model's probability and finding, and "
+                                       "the ground truth")
+
+
+def _latency_figure(ctx: DemoContext, answers: list[_Answer]) -> dict[str, str]:
+    parts: dict[str, list[float]] = {"read + normalise (+ model load)": [], "batch + infer": [], "lane hand-off": [],
+                                     "ingress (auth, parse, route)": [], "HTTP, proxy, audit record": []}
+    for a in answers:
+        t = a.result["timings_ms"]
+        # Each stage of the request's path, from the innermost out; every timing includes the ones inside it.
+        inner = [t["read_normalize"], t["batch_and_infer"]]
+        steps = [*inner, t["lane"] - sum(inner), t["total"] - t["lane"], a.latency_ms - t["total"]]
+        for values, ms in zip(parts.values(), steps):
+            values.append(max(0.0, ms))  # the service rounds its timings: a difference may dip below 0
+    labels = [f"{a.request.name} ({a.request.lane})" for a in answers]
+    path = figures.bars(labels, parts, ctx.out / FIGURES_DIR / "diagnosis-latency.png", xlabel="ms",
+                        value_format="{:.0f} ms", size_px=(720, 80 + 30 * len(labels)))
+    return figure_entry(ctx.out, path, "Latency of each request as the client saw it, by where it was spent (a "
+                                       "lane's first request also loads the model)")
 
 
 def stage(ctx: DemoContext) -> dict[str, Any]:
@@ -45,10 +119,11 @@ def stage(ctx: DemoContext) -> dict[str, Any]:
     from pydicom.data import get_testdata_file
 
     try:
-        model = resolve(ctx.registry, "nodule:latest").manifest.ref
+        manifest = resolve(ctx.registry, "nodule:latest").manifest
     except RegistryError:
         ctx.say("no `nodule` model in the registry (the research stage registers one): skipping")
         return {"skipped": "no nodule model registered"}
+    model = manifest.ref
     work = ctx.out / "diagnosis"
     work.mkdir(parents=True, exist_ok=True)
     tokens = work / "tokens.json"
@@ -63,36 +138,30 @@ def stage(ctx: DemoContext) -> dict[str, Any]:
         "experts": {"CT/CHEST": model, "CT/*": model},
         "lanes": {"routine": {"min_replicas": 1, "max_replicas": 1}, "emergency": {"min_replicas": 1, "max_replicas": 1}},
     }
+    requests = _held_out(ctx.cohort, HELD_OUT)
+    requests.append(_Request("pydicom CT_small.dcm", None, "routine",
+                             [Path(get_testdata_file("CT_small.dcm")).read_bytes()]))
     start = time.monotonic()
     url = run_local(args)
     ctx.say(f"diagnosis service up in {time.monotonic() - start:.0f} s at {url} (model {model}); API docs at {url}/docs")
-    rows, correct = [], 0
     try:
         with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {clinic}"}) as client:
-            requests = [(name, truth, "routine", *encode_series(instances))
-                        for name, truth, instances in _held_out(ctx.cohort, HELD_OUT)]
-            requests[-1] = (*requests[-1][:2], "emergency", *requests[-1][3:])
-            ct_small = Path(get_testdata_file("CT_small.dcm")).read_bytes()
-            requests.append(("pydicom CT_small.dcm", None, "routine", ct_small, "application/dicom"))
-            for name, truth, lane, body, content_type in requests:
-                t0 = time.perf_counter()
-                r = client.post("/v1/diagnose", content=body, headers={
-                    "Content-Type": content_type, "X-Medray-Priority": lane})
-                latency_ms = (time.perf_counter() - t0) * 1e3
-                r.raise_for_status()
-                result = r.json()
-                finding = result["finding"]
-                if truth is not None:
-                    correct += (finding["label"] == "nodule_suspected") == truth
-                rows.append(f"{name:22} {lane:9} {str(truth) if truth is not None else '-':6} "
-                            f"{finding['probability']:6.3f} {finding['label']:19} {result['model']:10} "
-                            f"{result['study']['study_ref'][:18]}… {latency_ms:7.1f}")
+            answers = [_post(client, request) for request in requests]
     finally:
         stop_local()
+    rows, correct = [], 0
+    for a in answers:
+        finding, truth = a.result["finding"], a.request.truth
+        if truth is not None:
+            correct += (finding["label"] == "nodule_suspected") == truth
+        rows.append(f"{a.request.name:22} {a.request.lane:9} {str(truth) if truth is not None else '-':6} "
+                    f"{finding['probability']:6.3f} {finding['label']:19} {a.result['model']:10} "
+                    f"{a.result['study']['study_ref'][:18]}… {a.latency_ms:7.1f}")
     ctx.say(f"{'study':22} {'lane':9} {'truth':6} {'prob':>6} {'finding':19} {'model':10} "
             f"{'pseudonymous study':19} {'ms':>7}\n" + "\n".join(rows))
     audit = verify_chain(work / "audit.jsonl")
     ctx.say(f"audit log: {audit.entries} entries, chain {'verified' if audit.ok else 'BROKEN'} "
             f"(`medray audit verify {work / 'audit.jsonl'}`)")
     return {"model": model, "studies": HELD_OUT, "correct": correct, "requests": len(rows),
-            "audit_entries": audit.entries, "audit_ok": audit.ok}
+            "audit_entries": audit.entries, "audit_ok": audit.ok,
+            "figures": [_findings_figure(ctx, manifest.spec, answers), _latency_figure(ctx, answers)]}

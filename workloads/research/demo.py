@@ -5,7 +5,7 @@ de-identified EMR folder (``emr``); ``data`` and ``labels`` override them. On th
 cohort (24 patients by default) the model learns little in a few epochs: the stage shows the
 mechanics (placement on training nodes, Ray Data input, checkpoints, registry) that the diagnosis
 stage then serves. ``tests/workloads/research/test_train.py`` shows the accuracy on a cohort that
-is big enough.
+is big enough. The training curves (loss and held-out AUC per epoch) go to ``figures/train-curves.png``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from medray import figures
 from medray.demo import DemoContext
 from medray.errors import ConfigError
+from medray.report import FIGURES_DIR, figure_entry
 from workloads.research.config import TrainConfig
-from workloads.research.train import train
+from workloads.research.train import TrainResult, train
 
 __all__ = ["DEMO_EPOCHS", "stage"]
 
@@ -29,6 +31,20 @@ def _prep_outputs(ctx: DemoContext) -> tuple[Path, Path]:
             return Path(result["volumes"]).parent, Path(result["emr"]) / "diagnoses.parquet"
     raise ConfigError("the training stage needs the preprocessing stage's outputs: run it first "
                       "or pass data= and labels=")
+
+
+def _curves(ctx: DemoContext, result: TrainResult) -> dict[str, str]:
+    nan = float("nan")
+    history = result.history
+    path = figures.curves(
+        [h["epoch"] for h in history],
+        {"loss (BCE)": {"train": [h["train_loss"] for h in history],
+                        "held-out": [h.get("val_loss", nan) for h in history]},
+         "held-out AUC": {"held-out": [h.get("val_auc", nan) for h in history]}},
+        ctx.out / FIGURES_DIR / "train-curves.png", limits={"held-out AUC": (0.0, 1.02)})
+    return figure_entry(ctx.out, path, f"Training curves of {result.ref}: loss and held-out AUC per epoch "
+                                       f"({result.cohort['train_patients']} training, "
+                                       f"{result.cohort['val_patients']} held-out patients)")
 
 
 def stage(ctx: DemoContext, *, data: str | Path | None = None, labels: str | Path | None = None,
@@ -51,4 +67,5 @@ def stage(ctx: DemoContext, *, data: str | Path | None = None, labels: str | Pat
         "val_patients": result.cohort["val_patients"],
         "worker_node_types": sorted({w["node_type"] for w in result.workers}),
         "checkpoint": result.checkpoint,
+        "figures": [_curves(ctx, result)],
     }

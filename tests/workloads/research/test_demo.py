@@ -1,6 +1,8 @@
-"""workloads.research.demo: the training stage finds the preprocessing outputs and registers ``nodule``."""
+"""workloads.research.demo: the training stage finds the preprocessing outputs, registers ``nodule``, plots."""
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from medray.demo import DemoContext
 from medray.errors import ConfigError
@@ -20,3 +22,8 @@ def test_stage_trains_on_the_preprocessed_cohort_and_registers(ray_cluster, smal
     assert summary["train_patients"] + summary["val_patients"] == small_data.patients
     registered = resolve(ctx.registry, "nodule:latest").manifest
     assert registered.metrics["val_auc"] == pytest.approx(summary["val_auc"], abs=1e-3)
+    [figure] = summary["figures"]
+    assert figure["path"] == "figures/train-curves.png" and "nodule:1" in figure["caption"]
+    image = Image.open(tmp_path / figure["path"])
+    assert image.size == (720, 280) and "held-out AUC" in image.text["Description"]
+    assert np.asarray(image.convert("L"), dtype=np.float32).std() > 5  # curves drawn, not a blank page
