@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medray import figures
 from medray.errors import ConfigError, MedrayError
 from medray.local_cluster import connect
 from medray.logs import get_logger
@@ -149,23 +150,17 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _plot(path: Path, trials: list[dict[str, Any]], per_epoch: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_auc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
+    # ASHA stops trials at different epochs: a trial has NaN after its last epoch.
+    epochs = sorted({int(r["epoch"]) for r in per_epoch})
+    auc: dict[str, list[float]] = {}
+    loss: dict[str, list[float]] = {}
     for t in trials:
-        rows = sorted((r for r in per_epoch if r["trial_id"] == t["trial_id"]), key=lambda r: r["epoch"])
+        rows = {int(r["epoch"]): r for r in per_epoch if r["trial_id"] == t["trial_id"]}
         label = f"lr {t['lr']:.1e}, w {t['width']}, aug {t['augment']:.2f}"
-        ax_auc.plot([r["epoch"] for r in rows], [r[_METRIC] for r in rows], marker="o", label=label)
-        ax_loss.plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], marker="o", label=label)
-    ax_auc.set(xlabel="epoch", ylabel="held-out AUC", title="ASHA trials: held-out AUC", ylim=(0, 1.02))
-    ax_loss.set(xlabel="epoch", ylabel="training loss (BCE)", title="training loss")
-    ax_auc.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        auc[label] = [rows[e][_METRIC] if e in rows else math.nan for e in epochs]
+        loss[label] = [rows[e]["train_loss"] if e in rows else math.nan for e in epochs]
+    figures.curves(epochs, {"held-out AUC": auc, "training loss (BCE)": loss}, path,
+                   limits={"held-out AUC": (0.0, 1.02)}, title="ASHA trials", size_px=(1200, 460))
 
 
 def tune(
@@ -190,10 +185,6 @@ def tune(
         raise ConfigError("need trials >= 1, 1 <= grace_period <= epochs and reduction_factor >= 2")
     if base.workers != 1:
         raise ConfigError("each Tune trial trains in one process: use --workers 1 (DDP is for single runs)")
-    try:
-        import matplotlib  # noqa: F401 - checked before hours of search, used for the curves at the end
-    except ImportError:
-        raise ConfigError("the trial curves plot needs matplotlib: pip install matplotlib") from None
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
