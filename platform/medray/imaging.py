@@ -7,6 +7,7 @@ The preprocessing pipeline, training and serving all call :func:`normalize_volum
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -192,6 +193,18 @@ def _kept(size: int, want: int | None) -> tuple[range, tuple[int, int]]:
     return range(size), (before, want - size - before)
 
 
+def _cheapest_order(shape: tuple[int, ...], out: tuple[int, ...]) -> tuple[int, ...]:
+    """The order of axes whose matrix products (``out[a] x shape[a]`` per line) cost the fewest MACs."""
+    def cost(order: tuple[int, ...]) -> int:
+        dims, total = list(shape), 0
+        for a in order:
+            total += out[a] * math.prod(dims)
+            dims[a] = out[a]
+        return total
+
+    return min(itertools.permutations(range(len(shape))), key=cost)
+
+
 def resample(
     volume: np.ndarray,
     spacing_mm: Sequence[float],
@@ -218,8 +231,7 @@ def resample(
         size = vol.shape
     shape = _triple(target_shape, "target_shape", integer=True) if target_shape is not None else size
     kept, pads = zip(*(_kept(have, want) for have, want in zip(size, shape)))
-    # Most-shrinking axis first: later axes then work on less data.
-    for axis in sorted(range(3), key=lambda a: len(kept[a]) / vol.shape[a]):
+    for axis in _cheapest_order(vol.shape, tuple(len(k) for k in kept)):
         n, keep = vol.shape[axis], kept[axis]
         if size[axis] == n:  # no resampling along this axis: a crop at most
             vol = vol[(slice(None),) * axis + (slice(keep.start, keep.stop),)]

@@ -149,7 +149,10 @@ class LocalCluster:
         self.specs = list(specs)
         self._cluster = Cluster(
             initialize_head=True,
-            head_node_args={**_node_args(head), "include_dashboard": False},
+            # Ray gives worker nodes a random agent port but the head its fixed default, which
+            # another Ray cluster on this machine (a notebook's, `medray up`) may hold.
+            head_node_args={**_node_args(head), "include_dashboard": False,
+                            "dashboard_agent_listen_port": _free_port()},
         )
         for spec in workers:
             self._cluster.add_node(wait=False, **_node_args(spec))
