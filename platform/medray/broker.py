@@ -17,6 +17,9 @@ classes, highest first: ``emergency`` > ``clinical`` > ``batch`` > ``research``.
   the freed GPUs through their placement fallbacks (e.g. ``roles=("infer", "train")``).
 * **Returning**: once no lane has pending units or units on lent nodes for ``calm_s``, the broker
   starts the yielded runs again from their last checkpoint.
+* **Stopping** (:func:`stop_run`, and :func:`stop_broker` for every run): a yield that is never
+  resumed. Runs should end this way: a killed Ray Train run leaves its placement group (its GPUs)
+  behind until Train's cleaner sees the controller dead, which needs Ray's State API (a dashboard).
 * **Drains**: GPU guards (:mod:`medray.guard`) report their nodes here; :mod:`medray.scheduling`
   reads :meth:`Broker.drained_nodes` to keep new GPU work off drained nodes.
 
@@ -58,14 +61,17 @@ __all__ = [
     "BrokerCore",
     "Broker",
     "DRIVER_PROFILE",
+    "serve_replicas",
     "get_broker",
     "start_broker",
     "stop_broker",
+    "stop_run",
     "submit_run",
     "yield_requested",
     "report_checkpoint",
     "report_demand",
     "watch_serve",
+    "unwatch_serve",
     "broker_summary",
     "format_broker_summary",
 ]
@@ -73,7 +79,7 @@ __all__ = [
 PRIORITIES = ("emergency", "clinical", "batch", "research")  # highest first
 BROKER_NAME = "medray-broker"
 NAMESPACE = "medray"
-RUN_STATES = ("running", "yielding", "yielded", "finished", "failed")
+RUN_STATES = ("running", "yielding", "yielded", "stopping", "stopped", "finished", "failed")
 # Where a run's own task goes when the caller names no profile: the driver of a Train/Tune run
 # mostly waits, and its workers take their GPUs through their own placement.
 DRIVER_PROFILE = WorkloadProfile(roles=("coordinator", "prep"), num_cpus=0)
@@ -208,7 +214,7 @@ class BrokerCore:
             raise ConfigError(f"run {record.run_id!r}: {record.priority} work is a lane, not a "
                               "run that can be asked to yield; use priority 'batch' or 'research'")
         old = self.runs.get(record.run_id)
-        if old is not None and old.state in ("running", "yielding"):
+        if old is not None and old.state in ("running", "yielding", "stopping"):
             raise MedrayError(f"run {record.run_id!r} is already {old.state}: pick another run id "
                               "or wait for it to end")
         self.runs[record.run_id] = record
@@ -216,7 +222,19 @@ class BrokerCore:
 
     def should_yield(self, run_id: str) -> bool:
         run = self.runs.get(run_id)
-        return run is not None and run.state == "yielding"
+        return run is not None and run.state in ("yielding", "stopping")
+
+    def stop_run(self, now: float, run_id: str) -> bool:
+        """Ask a run to checkpoint and stop for good; True while its task still has to end."""
+        run = self.runs.get(run_id)
+        if run is None or run.state in ("stopped", "finished", "failed"):
+            return False
+        self.event(now, "stop", run_id, f"requested while {run.state}")
+        if run.state == "yielded":  # not running: nothing to wait for, and never resumed
+            run.state = "stopped"
+            return False
+        run.state = "stopping"
+        return True
 
     def report_checkpoint(self, run_id: str, step: int, path: str | None) -> None:
         run = self.runs.get(run_id)
@@ -232,10 +250,10 @@ class BrokerCore:
         if error is not None:
             run.state = "failed"
             self.event(now, "failed", run_id, f"raised {error}")
-        elif run.state == "yielding":
-            run.state = "yielded"
+        elif run.state in ("yielding", "stopping"):
+            run.state = "yielded" if run.state == "yielding" else "stopped"
             at = f"step {run.checkpoint_step}" if run.checkpoint_step is not None else "no checkpoint"
-            self.event(now, "yielded", run_id, f"GPUs released, last checkpoint {at}")
+            self.event(now, run.state, run_id, f"GPUs released, last checkpoint {at}")
         else:
             run.state = "finished"
             self.event(now, "finished", run_id, "entrypoint returned")
@@ -358,17 +376,27 @@ def _run_entrypoint(entrypoint: str, config: dict[str, Any], run_id: str, resume
 _run_task = ray.remote(_run_entrypoint)
 
 
-def _serve_replicas(app: str, deployment: str) -> tuple[int, list[str]]:
-    """(replicas pending creation, node ids of live replicas) of a Serve deployment, from Ray's
-    actor table (replica actors are named ``SERVE_REPLICA::<app>#<deployment>#<id>``)."""
+def serve_replicas(app: str, deployment: str) -> tuple[int, list[str]]:
+    """(replicas Ray cannot place, node ids of the placed ones) of a Serve deployment.
+
+    From Ray's actor table (replica actors are named ``SERVE_REPLICA::<app>#<deployment>#<id>``).
+    An actor stays ``PENDING_CREATION`` until its constructor returned, also once placed: only
+    those without a worker process yet are waiting for resources. Placed ones count where they
+    run, starting or alive.
+    """
     from ray._private.state import actors
 
     prefix = f"SERVE_REPLICA::{app}#{deployment}#"
-    pending = sum(a["Name"].startswith(prefix)
-                  for a in actors(actor_state_name="PENDING_CREATION").values())
-    alive = [a["Address"]["NodeID"] for a in actors(actor_state_name="ALIVE").values()
-             if a["Name"].startswith(prefix)]
-    return pending, alive
+    pending, placed = 0, []
+    for state in ("PENDING_CREATION", "ALIVE"):
+        for a in actors(actor_state_name=state).values():
+            if not a["Name"].startswith(prefix):
+                continue
+            if a["Pid"]:
+                placed.append(a["Address"]["NodeID"])
+            else:
+                pending += 1
+    return pending, placed
 
 
 def _export_event(e: Event) -> None:
@@ -428,7 +456,7 @@ class Broker:
 
     def _poll_watches(self, now: float) -> None:
         for lane, (app, deployment, priority) in self._watches.items():
-            pending, nodes = _serve_replicas(app, deployment)
+            pending, nodes = serve_replicas(app, deployment)
             if any(n not in self._node_roles for n in nodes):
                 self._node_roles = {n["NodeID"]: (n.get("Labels") or {}).get(ROLE_LABEL, "")
                                     for n in ray.nodes()}
@@ -465,6 +493,16 @@ class Broker:
 
     async def should_yield(self, run_id: str) -> bool:
         return self._core.should_yield(run_id)
+
+    async def stop_runs(self, run_ids: list[str] | None = None) -> list[str]:
+        """Ask runs (all when None) to stop for good; returns those whose tasks still have to end."""
+        now = time.time()
+        return [run_id for run_id in (run_ids if run_ids is not None else list(self._core.runs))
+                if self._core.stop_run(now, run_id)]
+
+    async def active_runs(self, run_ids: list[str]) -> list[str]:
+        """Those of ``run_ids`` whose tasks have not ended yet."""
+        return [run_id for run_id in run_ids if run_id in self._tasks]
 
     async def report_checkpoint(self, run_id: str, step: int, path: str | None) -> None:
         self._core.report_checkpoint(run_id, step, path)
@@ -528,11 +566,39 @@ def start_broker(policy: BrokerPolicy | None = None) -> Any:
     return broker
 
 
-def stop_broker() -> None:
-    """Stop the broker (and with it the runs it started)."""
+def _stop_runs(broker: Any, run_ids: list[str] | None, timeout_s: float) -> list[str]:
+    """Ask runs to stop and wait up to ``timeout_s`` for their tasks to end; returns those still running."""
+    waiting = ray.get(broker.stop_runs.remote(run_ids))
+    deadline = time.monotonic() + timeout_s
+    while waiting and time.monotonic() < deadline:
+        time.sleep(0.2)
+        waiting = ray.get(broker.active_runs.remote(waiting))
+    return waiting
+
+
+def stop_run(run_id: str, *, timeout_s: float = 60.0) -> bool:
+    """Ask run ``run_id`` to checkpoint and stop for good (it is never resumed); wait for it.
+
+    Returns True once its task has ended (or it was not running), False after ``timeout_s``.
+    """
+    return not _stop_runs(_require_broker(), [run_id], timeout_s)
+
+
+def stop_broker(*, grace_s: float = 30.0) -> None:
+    """Stop the broker and the runs it started.
+
+    Running runs are first asked to stop (:func:`stop_run`) and given ``grace_s`` to end; the
+    broker is then killed, and with it the tasks of runs that did not end.
+    """
     broker = get_broker()
-    if broker is not None:
-        ray.kill(broker)
+    if broker is None:
+        return
+    if grace_s > 0:
+        try:
+            _stop_runs(broker, None, grace_s)
+        except ray.exceptions.RayError:  # a broker that does not answer is killed all the same
+            pass
+    ray.kill(broker)
 
 
 def _require_broker() -> Any:
@@ -635,6 +701,13 @@ def report_demand(lane: str, *, priority: str, pending: int, running: int = 0, b
 def watch_serve(lane: str, *, app: str, deployment: str, priority: str) -> None:
     """Have the broker read a Serve deployment's demand as lane ``lane`` of class ``priority``."""
     ray.get(_require_broker().watch_serve.remote(lane, app, deployment, priority))
+
+
+def unwatch_serve(lane: str) -> None:
+    """Stop reading lane ``lane`` from Serve and forget its demand (no broker: nothing to do)."""
+    broker = get_broker()
+    if broker is not None:
+        ray.get(broker.unwatch_serve.remote(lane))
 
 
 def broker_summary(*, events: int = 20, timeout_s: float = 10.0) -> dict[str, Any] | None:

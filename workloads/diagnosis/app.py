@@ -2,48 +2,75 @@
 
 It validates the config's ``args`` (:class:`~workloads.diagnosis.config.DiagnosisArgs`) and asks
 ``medray.scheduling`` where each deployment runs: the ingress (which diagnoses routine studies)
-and the emergency lane prefer ``infer`` nodes and may fall back to ``train`` nodes (real-time
-work, always-on node types first); the catalog, which does no work, prefers the coordinator.
-The Serve config therefore carries only arguments, never node names or resources.
+and the emergency lane go to their lane's ``roles`` (default ``infer``, then ``train`` as
+fallback: real-time work, always-on node types first); the catalog, which does no work, prefers
+the coordinator. The Serve config therefore carries only arguments, never node names or resources.
+
+Each lane autoscales by its own settings. Replicas beyond what its first role's nodes hold land
+on the next roles' nodes: GPUs the priority broker lends from research (:func:`watch_lanes` tells
+the broker about the lanes). The lane's first role is its primary label selector, all its node
+types at once: Serve stops replicas outside the primary selector first when it scales down, so the
+borrowed GPUs are the first ones given back.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import AutoscalingConfig, BackpressureConfig
 
+from medray.broker import get_broker, unwatch_serve, watch_serve
+from medray.roles import NODE_TYPE_LABEL
 from medray.scheduling import WorkloadProfile, place
 from workloads.diagnosis.api import DiagnosisAPI
-from workloads.diagnosis.config import DiagnosisArgs, LaneConfig
+from workloads.diagnosis.config import LANE_PRIORITIES, LANES, DiagnosisArgs, LaneConfig
 from workloads.diagnosis.deployments import ModelCatalog, Diagnoser
 
-__all__ = ["APP_NAME", "build_app", "deployment_options"]
+__all__ = ["APP_NAME", "LANE_DEPLOYMENTS", "build_app", "deployment_options", "lane_options", "watch_lanes",
+           "unwatch_lanes"]
 
 APP_NAME = "diagnosis"
-_SERVING_ROLES = ("infer", "train")
+LANE_DEPLOYMENTS = {"routine": "ingress", "emergency": "emergency"}  # the deployment serving each lane
 _EMERGENCY_HEADROOM = 64  # requests an ingress replica accepts beyond its routine limit
 _UNBOUNDED = 100_000
+_MAX_METRICS_INTERVAL_S = 10.0  # Serve's default
 
 
 def _autoscaling(cfg: LaneConfig) -> AutoscalingConfig:
-    return AutoscalingConfig(
-        min_replicas=cfg.min_replicas,
-        initial_replicas=max(cfg.min_replicas, 1),
-        max_replicas=cfg.max_replicas,
-        target_ongoing_requests=cfg.target_ongoing_requests,
-        # Scale up fast for bursts; scale down slowly so a burst's tail is not left short.
-        upscale_delay_s=3.0,
-        downscale_delay_s=60.0,
-    )
+    # Ray 2.60's handles push their load every metrics_interval_s: the field is deprecated (for
+    # process-wide environment variables) but still the only per-deployment setting.
+    interval = min(_MAX_METRICS_INTERVAL_S, cfg.look_back_period_s / 2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The `metrics_interval_s` field", DeprecationWarning)
+        return AutoscalingConfig(
+            min_replicas=cfg.min_replicas,
+            initial_replicas=max(cfg.min_replicas, 1),
+            max_replicas=cfg.max_replicas,
+            target_ongoing_requests=cfg.target_ongoing_requests,
+            upscale_delay_s=cfg.upscale_delay_s,
+            downscale_delay_s=cfg.downscale_delay_s,
+            look_back_period_s=cfg.look_back_period_s,
+            metrics_interval_s=interval,
+        )
 
 
-def _placement(cfg: LaneConfig) -> dict[str, Any]:
-    profile = WorkloadProfile(roles=_SERVING_ROLES, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
-                              gpu_memory_gb=cfg.gpu_memory_gb, latency="realtime")
-    return place(profile).ray_options()
+def lane_options(cfg: LaneConfig) -> dict[str, Any]:
+    """``ray_actor_options`` of a lane's replicas: any node of its first role, then the other roles' types."""
+    placement = place(WorkloadProfile(roles=cfg.roles, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+                                      gpu_memory_gb=cfg.gpu_memory_gb, latency="realtime"))
+    first_role = placement.node_type.role
+    own = [t.name for t in placement.candidates if t.role == first_role]
+    options = placement.ray_options()
+    options["label_selector"] = {
+        **placement.label_selector, NODE_TYPE_LABEL: own[0] if len(own) == 1 else f"in({','.join(own)})"}
+    fallback = [f for f, t in zip(placement.fallback_strategy, placement.candidates[1:]) if t.role != first_role]
+    options.pop("fallback_strategy", None)
+    if fallback:
+        options["fallback_strategy"] = fallback
+    return options
 
 
 def deployment_options(args: DiagnosisArgs) -> dict[str, dict[str, Any]]:
@@ -56,8 +83,8 @@ def deployment_options(args: DiagnosisArgs) -> dict[str, dict[str, Any]]:
         # admit at most max_ongoing + max_queued of them each (503 beyond). Serve's own limit is
         # set above that, so an emergency is never held in the proxy behind routine studies.
         "ingress": {
-            "name": "ingress",
-            "ray_actor_options": _placement(routine),
+            "name": LANE_DEPLOYMENTS["routine"],
+            "ray_actor_options": lane_options(routine),
             "autoscaling_config": _autoscaling(routine),
             "max_ongoing_requests": (
                 _UNBOUNDED if unbounded else
@@ -67,8 +94,8 @@ def deployment_options(args: DiagnosisArgs) -> dict[str, dict[str, Any]]:
             "max_queued_requests": -1,
         },
         "emergency": {
-            "name": "emergency",
-            "ray_actor_options": _placement(emergency),
+            "name": LANE_DEPLOYMENTS["emergency"],
+            "ray_actor_options": lane_options(emergency),
             "autoscaling_config": _autoscaling(emergency),
             "max_ongoing_requests": emergency.max_ongoing_requests,
             "max_queued_requests": emergency.max_queued_requests,
@@ -79,7 +106,7 @@ def deployment_options(args: DiagnosisArgs) -> dict[str, dict[str, Any]]:
         "catalog": {
             "name": "catalog",
             "num_replicas": 1,
-            "ray_actor_options": place(WorkloadProfile(roles=("coordinator", *_SERVING_ROLES), num_cpus=0,
+            "ray_actor_options": place(WorkloadProfile(roles=("coordinator", "infer", "train"), num_cpus=0,
                                                        latency="realtime")).ray_options(),
             "max_ongoing_requests": 1000,  # every replica polls it; answers are instant
             "logging_config": {"enable_access_log": False},  # two polls a second per replica
@@ -90,7 +117,27 @@ def deployment_options(args: DiagnosisArgs) -> dict[str, dict[str, Any]]:
 def build_app(args: dict[str, Any] | DiagnosisArgs) -> Application:
     """The diagnosis application for ``args`` (a mapping as in the Serve config, or DiagnosisArgs)."""
     args = args if isinstance(args, DiagnosisArgs) else DiagnosisArgs.model_validate(args)
+    if args.broker and get_broker() is not None:
+        # Before any replica exists: replicas beyond the inference nodes may need lent GPUs. Every
+        # way of deploying builds the app here (`serve deploy`, `medray serve`, run_local).
+        watch_lanes()
     options = deployment_options(args)
     catalog = serve.deployment(ModelCatalog).options(**options["catalog"]).bind(args.registry, args.experts)
     emergency = serve.deployment(Diagnoser).options(**options["emergency"]).bind("emergency", args, catalog)
     return serve.deployment(DiagnosisAPI).options(**options["ingress"]).bind(args, catalog, emergency)
+
+
+def watch_lanes(app: str = APP_NAME) -> None:
+    """Have the running priority broker read both lanes' demand from Serve (lanes ``<app>/<lane>``).
+
+    The emergency lane counts as ``emergency``, the routine lane as ``clinical``: both outrank
+    research runs, whose GPUs they then borrow when their replicas cannot be placed.
+    """
+    for lane in LANES:
+        watch_serve(f"{app}/{lane}", app=app, deployment=LANE_DEPLOYMENTS[lane], priority=LANE_PRIORITIES[lane])
+
+
+def unwatch_lanes(app: str = APP_NAME) -> None:
+    """Stop the broker watching the lanes of ``app`` (no broker: nothing to do)."""
+    for lane in LANES:
+        unwatch_serve(f"{app}/{lane}")

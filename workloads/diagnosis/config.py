@@ -14,10 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from medray.errors import RegistryError
 from medray.registry import parse_ref
+from medray.roles import ROLES
 
-__all__ = ["LANES", "PRIORITY_HEADER", "REASON_STATUS", "LaneConfig", "DiagnosisArgs", "expert_key"]
+__all__ = ["LANES", "LANE_PRIORITIES", "PRIORITY_HEADER", "REASON_STATUS", "LaneConfig", "DiagnosisArgs",
+           "expert_key"]
 
 LANES = ("routine", "emergency")
+# The priority class (medray.broker.PRIORITIES) of each lane's demand when the broker watches it.
+LANE_PRIORITIES = {"routine": "clinical", "emergency": "emergency"}
 PRIORITY_HEADER = "X-Medray-Priority"
 
 # Serve replicas do not run in the caller's directory: paths must not depend on it.
@@ -45,6 +49,15 @@ class LaneConfig(_Strict):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per replica (also torch threads, at least 1)")
     num_gpus: float = Field(0.25, ge=0, description="GPU share per replica (fractions share one GPU)")
     gpu_memory_gb: float = Field(2.0, ge=0, description="GPU memory a replica needs (placement)")
+    roles: tuple[str, ...] = Field(
+        ("infer", "train"),
+        description="node roles the replicas may use, preferred first; replicas beyond the first role's "
+                    "capacity borrow the next roles' GPUs (lent by the priority broker); ['infer'] never borrows")
+    upscale_delay_s: float = Field(3.0, ge=0, description="load above target this long adds replicas")
+    downscale_delay_s: float = Field(
+        60.0, ge=0, description="load below target this long removes replicas (and gives borrowed GPUs back)")
+    look_back_period_s: float = Field(
+        30.0, gt=0, description="the load is averaged over this window (pushed every min(10 s, half of it))")
 
     @model_validator(mode="after")
     def _bounds(self) -> LaneConfig:
@@ -52,13 +65,18 @@ class LaneConfig(_Strict):
             raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         if self.gpu_memory_gb and not self.num_gpus:
             raise ValueError("gpu_memory_gb needs num_gpus > 0")
+        unknown = [r for r in self.roles if r not in ROLES]
+        if not self.roles or unknown or len(set(self.roles)) != len(self.roles):
+            raise ValueError(f"roles must be distinct node roles of {list(ROLES)}, got {list(self.roles)}")
         return self
 
 
 def _default_lanes() -> dict[str, LaneConfig]:
     return {
         "routine": LaneConfig(min_replicas=1, max_replicas=4),
-        "emergency": LaneConfig(min_replicas=1, max_replicas=2, max_queued_requests=32),
+        # Reserved on inference nodes, up to 5 more on GPUs the broker lends; quick up, quick back.
+        "emergency": LaneConfig(min_replicas=1, max_replicas=6, max_queued_requests=32, upscale_delay_s=1.0,
+                                downscale_delay_s=20.0, look_back_period_s=3.0),
     }
 
 
@@ -83,6 +101,14 @@ class DiagnosisArgs(_Strict):
     batch_wait_timeout_s: float = Field(
         0.0, ge=0, description="how long a batch waits to fill; 0 = take what is queued, never wait")
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After of 503 responses when overloaded")
+    simulated_gpu_ms: float = Field(
+        0.0, ge=0,
+        description="on simulated GPUs only (local cluster: Ray counts a GPU, torch has none), a replica's "
+                    "GPU takes at least this long per volume, as a real one would be busy: for benchmarks of "
+                    "placement and queueing on a CPU machine; 0 = as fast as the CPU goes")
+    broker: bool = Field(
+        True, description="hand both lanes to the priority broker when one runs as the app is built, so that "
+                          "bursts borrow research GPUs (start the broker first); false = a static partition")
     lanes: dict[str, LaneConfig] = Field(
         default_factory=_default_lanes,
         description="'routine' sizes the ingress deployment (it diagnoses routine studies itself); "

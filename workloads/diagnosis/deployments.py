@@ -23,6 +23,7 @@ import ray
 from ray import serve
 
 from medray.errors import DicomError, MedrayError
+from medray.gpu import limit_gpu_memory
 from medray.logs import get_logger
 from medray.pseudonym import load_key, pseudo_uid, pseudonym
 from medray.registry import list_models, resolve
@@ -128,6 +129,13 @@ class Engine:
         self._catalog = catalog
         # One torch thread per CPU the replica was given: more only oversubscribes the node.
         torch.set_num_threads(max(1, int(args.lanes[lane].num_cpus)))
+        sizes = args.lanes[lane]
+        if sizes.num_gpus:
+            # Fractional GPUs share one device's memory unchecked: cap this replica to its budget.
+            limit_gpu_memory(sizes.gpu_memory_gb, share=sizes.num_gpus)
+        # A simulated GPU (Ray reserved one, torch sees none) is busy as long as a real one would be.
+        simulated = sizes.num_gpus > 0 and not torch.cuda.is_available()
+        self._gpu_s_per_volume = args.simulated_gpu_ms / 1e3 if simulated else 0.0
         self._key = load_key(args.key_file)
         # Reading DICOM and running the model each get a thread, so they overlap, and the event
         # loop stays free to accept requests and form the next batch.
@@ -235,8 +243,15 @@ class Engine:
         for ref, indexes in by_ref.items():
             model = (await self.get_model(ref)).model
             batch = np.stack([items[i][1] for i in indexes])
-            for i, p in zip(indexes, await loop.run_in_executor(self._infer_pool, predict, model, batch)):
+            for i, p in zip(indexes, await loop.run_in_executor(self._infer_pool, self._predict, model, batch)):
                 probabilities[i] = p
+        return probabilities
+
+    def _predict(self, model: LoadedModel, batch: np.ndarray) -> list[float]:
+        # In the one inference thread: batches wait for the (simulated) GPU as they would for a real one.
+        start = time.perf_counter()
+        probabilities = predict(model, batch)
+        time.sleep(max(0.0, self._gpu_s_per_volume * len(batch) - (time.perf_counter() - start)))
         return probabilities
 
 

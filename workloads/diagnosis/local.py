@@ -2,6 +2,7 @@
 
 For the demo, the tests and the benchmark (an in-process cluster has no dashboard, so
 ``serve deploy`` cannot reach it). On a real or ``medray up --local`` cluster use ``medray serve``.
+When a priority broker runs, the app hands its lanes to it (:func:`~workloads.diagnosis.app.build_app`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from workloads.diagnosis.app import APP_NAME, build_app
+from workloads.diagnosis.app import APP_NAME, build_app, unwatch_lanes
 from workloads.diagnosis.config import DiagnosisArgs
 
 __all__ = ["free_port", "run_local", "stop_local"]
@@ -26,6 +27,8 @@ def run_local(args: dict[str, Any] | DiagnosisArgs, *, port: int | None = None,
               proxy_location: str = "HeadOnly") -> str:
     """Start Serve on 127.0.0.1 (a free port unless given), deploy the app; returns its base URL.
 
+    The app hands its lanes to the priority broker when one runs, unless ``args.broker`` is false.
+
     A fixed port shared with other Serve instances on this machine would let the kernel hand our
     connections to their proxies (Serve binds with SO_REUSEPORT): hence a free port by default.
     """
@@ -41,4 +44,5 @@ def stop_local() -> None:
     """Shut Serve down (applications, proxies, controller), freeing the cluster's resources."""
     from ray import serve
 
+    unwatch_lanes()
     serve.shutdown()

@@ -63,6 +63,12 @@ class TrainConfig:
     cache: bool | None = None
     code: str = NODULE_CODE
     resume_from: str | None = None
+    # Set by the broker entrypoint (workloads.research.preemptible): poll the broker at every step.
+    run_id: str | None = None
+    progress_log: str | None = None  # rank 0 appends one JSON line per step (t, step, epoch)
+    # On simulated GPUs only (the local cluster: Ray counts a GPU, torch has none): a step takes at
+    # least this long, as if a GPU computed it while the host CPU idles. 0 = as fast as the CPU goes.
+    simulated_gpu_ms: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workers", parse_workers(self.workers))
@@ -79,6 +85,7 @@ class TrainConfig:
             (self.max_failures >= -1, "max_failures must be >= 0, or -1 for unlimited retries"),
             (self.cpus_per_worker > 0 and self.gpus_per_worker >= 0,
              "cpus_per_worker must be > 0 and gpus_per_worker >= 0"),
+            (self.simulated_gpu_ms >= 0, f"simulated_gpu_ms must be >= 0, got {self.simulated_gpu_ms}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -11,12 +11,21 @@ worker died, ``FailureConfig(max_failures)``) continues from the epoch after it.
 Every attempt appends its first epoch to ``starts``, which the checkpoint carries along: a run
 that resumed after a failure at epoch 3 ends with ``starts == [0, 3]``.
 
-Checkpoint directory: ``state.pt`` (model, optimiser, GradScaler, epoch, history, starts) and
+**Broker runs** (``run_id`` set, see :mod:`workloads.research.preemptible`): after every step all
+ranks ask :func:`medray.broker.yield_requested` together; when asked to yield they checkpoint at
+that very step (mid-epoch), rank 0 reports the checkpoint to the broker, and the loop returns with
+``yielded`` set: the worker group ends and its GPUs are free. Periodic checkpoints are reported too.
+A run resumed from a mid-epoch checkpoint continues that epoch for its remaining steps (Ray Data
+iterators cannot restart at a position: the steps already taken are skipped on a fresh shuffle,
+without training), so no step is trained twice and the step count goes on where it stopped.
+
+Checkpoint directory: ``state.pt`` (model, optimiser, GradScaler, epoch, steps, history, starts) and
 ``model.pt`` (the bare model state dict that the model registry stores).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -29,6 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from medray.broker import report_checkpoint, yield_requested
 from medray.logs import get_logger
 from medray.models import build_model
 from medray.precision import choose_precision
@@ -104,8 +114,11 @@ class Session(Protocol):
     def checkpoint(self) -> Any | None:
         """The checkpoint to resume from (after a failure), or None."""
 
-    def report(self, metrics: dict[str, float], checkpoint_dir: str | None, name: str) -> None:
-        """Report an epoch's metrics, with a checkpoint directory (persisted as ``name``) or not."""
+    def report(self, metrics: dict[str, float], checkpoint_dir: str | None, name: str) -> str | None:
+        """Report an epoch's metrics, with a checkpoint directory (persisted as ``name``) or not.
+
+        Returns where the checkpoint was persisted (what ``resume_from`` takes), when that is known.
+        """
 
 
 class TrainSession:
@@ -128,11 +141,15 @@ class TrainSession:
 
         return ray.train.get_checkpoint()
 
-    def report(self, metrics: dict[str, float], checkpoint_dir: str | None, name: str) -> None:
+    def report(self, metrics: dict[str, float], checkpoint_dir: str | None, name: str) -> str | None:
         import ray.train
 
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name if checkpoint else None)
+        if checkpoint is None:
+            return None
+        # report() uploads synchronously: the checkpoint is in the run's folder under this name now.
+        return str(Path(ray.train.get_context().get_storage().experiment_fs_path) / name)
 
 
 class TuneSession:
@@ -153,10 +170,11 @@ class TuneSession:
 
         return tune.get_checkpoint()
 
-    def report(self, metrics: dict[str, float], checkpoint_dir: str | None, name: str) -> None:
+    def report(self, metrics: dict[str, float], checkpoint_dir: str | None, name: str) -> str | None:
         from ray import tune
 
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+        return None
 
 
 def _save(state: dict[str, Any], weights: dict[str, torch.Tensor], directory: Path) -> None:
@@ -173,11 +191,24 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     return run(config, TrainSession())
 
 
+class _Progress:
+    """Rank 0's per-step line in ``progress_log`` (none elsewhere, or without a log)."""
+
+    def __init__(self, path: str | None, rank: int) -> None:
+        self._path = Path(path) if path and rank == 0 else None
+
+    def step(self, step: int, epoch: int) -> None:
+        if self._path is not None:
+            with self._path.open("a") as f:
+                f.write(json.dumps({"t": time.time(), "step": step, "epoch": epoch}) + "\n")
+
+
 def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
     """Train; ``config`` is ``{"train": TrainConfig dict, "model": NoduleNetConfig dict}``.
 
     Returns (rank 0's value is a Train run's ``return_value``) the per-epoch history, the
-    attempts' start epochs and where the workers ran.
+    attempts' start epochs, where the workers ran, the steps taken so far and whether the run
+    stopped because the broker asked it to yield.
     """
     import ray
 
@@ -201,7 +232,7 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
 
     history: list[dict[str, float]] = []
     starts: list[int] = []
-    start_epoch = 0
+    start_epoch = step = skip = 0
     # The run's own latest checkpoint (after a failure) wins over a checkpoint to start from.
     checkpoint = session.checkpoint()
     if checkpoint is not None or cfg.resume_from:
@@ -214,12 +245,32 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, history, starts = state["epoch"] + 1, state["history"], state["starts"]
+        # Checkpoints taken on a yield stop mid-epoch: that many steps of the next epoch are done.
+        step, skip = state.get("step", 0), state.get("epoch_steps", 0)
     starts = [*starts, start_epoch]
 
     per_worker = max(1, cfg.batch_size // world)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     node_type = ray.get_runtime_context().get_node_labels().get(NODE_TYPE_LABEL, "unknown")
+    # A simulated GPU (Ray reserved one, torch sees none) is given a real GPU's step time.
+    min_step_s = cfg.simulated_gpu_ms / 1e3 if cfg.gpus_per_worker and device.type == "cpu" else 0.0
+    progress = _Progress(cfg.progress_log, rank)
 
+    def save(epoch_done: int, epoch_steps: int, metrics: dict[str, float], name: str) -> None:
+        """Checkpoint (rank 0 writes; every rank reports, as Train requires) and tell the broker."""
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = None
+            if rank == 0:
+                _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                       "scaler": scaler.state_dict(), "epoch": epoch_done, "step": step,
+                       "epoch_steps": epoch_steps, "history": history, "starts": starts},
+                      model.state_dict(), Path(tmp))
+                directory = tmp
+            path = session.report(metrics, directory, name)
+        if rank == 0 and cfg.run_id is not None:
+            report_checkpoint(cfg.run_id, step, path)
+
+    yielded = False
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         waited = 0.0
@@ -229,10 +280,14 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
             "train", batch_size=per_worker, dtypes=torch.float32, device=device, drop_last=True,
             prefetch_batches=2, pin_memory=device.type == "cuda",
             local_shuffle_buffer_size=16 * per_worker, local_shuffle_seed=cfg.seed * 1000 + epoch))
+        epoch_steps, skip = skip, 0
+        for _ in range(epoch_steps):  # taken before the yield this run resumes from
+            next(batches, None)
         while True:
             w0 = time.perf_counter()
             batch = next(batches, None)
-            waited += time.perf_counter() - w0
+            s0 = time.perf_counter()
+            waited += s0 - w0
             if batch is None:
                 break
             x = flip(batch[VOLUME].unsqueeze(1), cfg.augment, generator)
@@ -247,6 +302,20 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
             scaler.update()
             loss_sum += float(loss.detach()) * len(y)
             samples += len(y)
+            if min_step_s:
+                time.sleep(max(0.0, min_step_s - (time.perf_counter() - s0)))
+            step += 1
+            epoch_steps += 1
+            progress.step(step, epoch + 1)
+            if cfg.run_id is not None and yield_requested(cfg.run_id, all_ranks=True):
+                yielded = True
+                break
+        if yielded:
+            save(epoch - 1, epoch_steps, {"epoch": float(epoch), "step": float(step)},
+                 f"step_{step:07d}")
+            _log.info("yielded at step %d (epoch %d, %d steps into it) on the broker's request",
+                      step, epoch + 1, epoch_steps)
+            break
         seconds = time.perf_counter() - t0
         loss_sum, samples, waited_sum = _all_sum([loss_sum, samples, waited], device)
 
@@ -269,13 +338,8 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
                       metrics["samples_per_s"], 100 * metrics["input_wait"])
         history.append(metrics)
 
-        last = epoch + 1 == cfg.epochs
-        if rank == 0 and (last or (epoch + 1) % cfg.checkpoint_every == 0):
-            with tempfile.TemporaryDirectory() as tmp:
-                _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
-                       "starts": starts}, model.state_dict(), Path(tmp))
-                session.report(metrics, tmp, f"epoch_{epoch + 1:04d}")
+        if epoch + 1 == cfg.epochs or (epoch + 1) % cfg.checkpoint_every == 0:
+            save(epoch, 0, metrics, f"epoch_{epoch + 1:04d}")
         else:
             session.report(metrics, None, "")
 
@@ -284,7 +348,7 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
         dist.all_gather_object(nodes, {"rank": rank, "node_type": node_type, "pid": os.getpid()})
     else:
         nodes = [{"rank": rank, "node_type": node_type, "pid": os.getpid()}]
-    return {"history": history, "starts": starts, "workers": nodes}
+    return {"history": history, "starts": starts, "workers": nodes, "step": step, "yielded": yielded}
 
 
 def summarise(history: list[dict[str, float]]) -> dict[str, float]:

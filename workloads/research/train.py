@@ -11,6 +11,7 @@ epochs; a worker that dies is replaced and the run continues from the last check
 ``--max-failures`` times). Running again with the same ``--run-name`` and ``--storage-path``
 continues a stopped run; ``--resume-from CHECKPOINT_DIR`` starts a new run from a checkpoint.
 The final model goes to the registry with its metrics (held-out AUC …), input spec and model config.
+Under the priority broker the same training runs as a preemptible run: :mod:`workloads.research.preemptible`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class TrainResult:
     cohort: dict[str, int]
     seconds: float
     registry_path: str | None = None
+    steps: int = 0  # optimiser steps taken by the end of this attempt, earlier attempts included
+    yielded: bool = False  # stopped at the broker's request: ``checkpoint`` resumes it; not registered
 
     def table(self) -> str:
         """The per-epoch metrics as a text table."""
@@ -113,7 +116,8 @@ def train(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Any] =
     """Run training on the connected Ray cluster (connecting first if needed); register the model.
 
     ``callbacks``: Ray Train ``UserCallback`` objects (e.g. progress hooks). Raises ConfigError or
-    PlacementError before any work starts, TrainingError when the run fails.
+    PlacementError before any work starts, TrainingError when the run fails. A broker run
+    (``run_id`` set) that was asked to yield returns early with ``yielded`` set and registers nothing.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
     t0 = time.perf_counter()
@@ -130,16 +134,17 @@ def train(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Any] =
     if result.checkpoint is None or not result.return_value:
         raise TrainingError(f"training run {run_name} produced no checkpoint: check --epochs and --resume-from")
     out = result.return_value
-    metrics = summarise(out["history"])
+    metrics = summarise(out["history"]) if out["history"] else {}
     ref = registry = None
     with result.checkpoint.as_directory() as checkpoint_dir:
-        if cfg.registry:
+        if cfg.registry and not out["yielded"]:
             entry = register_checkpoint(checkpoint_dir, cfg.registry, cfg, cohort, metrics)
             ref, registry = entry.manifest.ref, str(entry.path)
             _log.info("registered %s (val_auc %.3f)", ref, metrics.get("val_auc", float("nan")))
     return TrainResult(ref=ref, metrics=metrics, history=out["history"], starts=out["starts"],
                        workers=out["workers"], checkpoint=result.checkpoint.path, run_path=result.path,
-                       cohort=cohort.counts(), seconds=time.perf_counter() - t0, registry_path=registry)
+                       cohort=cohort.counts(), seconds=time.perf_counter() - t0, registry_path=registry,
+                       steps=out["step"], yielded=out["yielded"])
 
 
 def build_parser() -> argparse.ArgumentParser:

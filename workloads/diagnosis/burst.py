@@ -1,0 +1,590 @@
+"""The measured burst: research holds the training GPUs, emergency load jumps 10×, the broker lends them.
+
+One *phase* (:func:`run_phase`) on the connected local multi-role cluster:
+
+1. the diagnosis service is deployed (:func:`~workloads.diagnosis.local.run_local`) with a routine
+   lane of two replicas and an emergency lane of ``reserved`` replicas that may grow to
+   ``max_replicas``: together they fill the inference nodes' GPUs;
+2. a real research run (:mod:`workloads.research.preemptible`: Ray Train, two DDP workers) holds
+   both training GPUs;
+3. open-loop HTTP load: routine and emergency studies at steady rates, then emergency ×
+   ``burst_factor`` for ``burst_s`` seconds, then steady again.
+
+With ``broker=True`` the priority broker watches both lanes: the emergency replicas Serve adds in
+the burst cannot be placed on the full inference nodes, so the broker asks the research run to
+yield, the replicas land on the freed training GPUs, and after the burst Serve scales back and the
+broker resumes research from its checkpoint. With ``broker=False`` (the *static partition*) the
+lanes may only use inference nodes and the broker does not watch them (it only starts and stops
+the research run): the same load meets the reserved replicas alone, and research runs on undisturbed.
+
+GPUs on the local cluster are simulated (Ray schedules them, torch computes on the CPU): the
+service and the training steps are given a real GPU's busy time (``gpu_ms`` per volume,
+``step_ms`` per step) so that what is measured is placement and queueing, not the CPU count of the
+machine. ``benchmarks/burst.py`` runs both phases and compares them; :func:`stage` is the demo's
+short burst. Everything recorded is timing, status codes, node types and step counts: no study
+content or identifier leaves the service's answers here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medray.broker import (
+    BrokerPolicy,
+    broker_summary,
+    get_broker,
+    serve_replicas,
+    start_broker,
+    stop_broker,
+)
+from medray.demo import DemoContext
+from medray.errors import ConfigError, MedrayError
+from medray.roles import NODE_TYPE_LABEL, load_node_types
+from workloads.diagnosis.app import APP_NAME, LANE_DEPLOYMENTS
+from workloads.diagnosis.config import LANES, PRIORITY_HEADER
+from workloads.diagnosis.local import run_local, stop_local
+from workloads.research.config import TrainConfig
+from workloads.research.preemptible import submit
+
+__all__ = ["BurstPlan", "Kit", "PhaseResult", "DEMO_PLAN", "prepare_kit", "diagnosis_args", "run_phase",
+           "format_table", "plot_timeline", "stage"]
+
+_LEND_ROLE = "train"
+
+
+@dataclass(frozen=True)
+class BurstPlan:
+    """The scenario. Defaults: the benchmark's (one phase takes about two minutes on 2 cores)."""
+
+    routine_rps: float = 2.0
+    emergency_rps: float = 1.0
+    burst_factor: float = 10.0
+    before_s: float = 15.0  # steady load before the burst
+    burst_s: float = 30.0
+    after_s: float = 5.0  # steady load after the burst (with the broker: after research runs again)
+    after_max_s: float = 90.0  # the longest the phase waits after the burst for research to run again
+    gpu_ms: float = 300.0  # simulated GPU time per served volume: 3.3 studies/s per replica
+    step_ms: float = 250.0  # simulated GPU time per training step
+    reserved: int = 2  # emergency replicas kept on inference nodes
+    # Beyond the reserved ones: enough for the 10x burst (4 x 3.3 studies/s); more replicas starting
+    # at once on this machine's 2 shared cores start slower (see docs/benchmarks.md, "Burst").
+    max_replicas: int = 4
+    downscale_delay_s: float = 20.0  # the emergency lane's; plus the broker's calm_s = give-back
+    checkpoint_every: int = 5  # research checkpoint interval, in epochs
+    policy: BrokerPolicy = field(default_factory=BrokerPolicy)
+
+    def rate(self, lane: str, t: float) -> float:
+        """Requests per second of ``lane`` at ``t`` seconds into the phase."""
+        if lane == "routine":
+            return self.routine_rps
+        bursting = self.before_s <= t < self.burst_end
+        return self.emergency_rps * (self.burst_factor if bursting else 1.0)
+
+    @property
+    def burst_end(self) -> float:
+        return self.before_s + self.burst_s
+
+
+# The demo's short burst: quick to lend and to give back (about 90 s with two Ray Train starts).
+DEMO_PLAN = BurstPlan(before_s=3.0, burst_s=10.0, after_s=2.0, after_max_s=45.0, downscale_delay_s=3.0,
+                      checkpoint_every=2, policy=BrokerPolicy(calm_s=2.0))
+
+
+@dataclass(frozen=True)
+class Kit:
+    """What every phase uses: the service's files, one request body, the research run's config."""
+
+    work: Path
+    args: dict[str, Any]  # DiagnosisArgs without lanes
+    token: str
+    body: bytes
+    content_type: str
+    research: TrainConfig
+
+
+def prepare_kit(work: str | Path, data: str | Path, labels: str | Path, plan: BurstPlan, *,
+                seed: int = 0) -> Kit:
+    """Registry (a seeded small NoduleNet), token and key under ``work``, and one small synthetic
+    study to send; the research config trains on ``data`` (volume shards) and ``labels``."""
+    import torch
+
+    from medray.auth import add_client
+    from medray.models import DEFAULT_INPUT_SPEC, NoduleNetConfig, build_model
+    from medray.pseudonym import ensure_key_file
+    from medray.registry import register
+    from medray.synth import generate_cohort
+    from workloads.diagnosis.multipart import encode_series
+
+    work = Path(work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    # The answers' quality does not matter here, only their timing: untrained seeded weights.
+    torch.manual_seed(seed)
+    config = NoduleNetConfig(width=8)
+    torch.save(build_model(config).state_dict(), work / "weights.pt")
+    ref = register(work / "registry", "burst", work / "weights.pt", input_spec=DEFAULT_INPUT_SPEC,
+                   model_config=config.to_dict()).manifest.ref
+    tokens = work / "tokens.json"
+    tokens.unlink(missing_ok=True)
+    token = add_client(tokens, "burst-load", ["clinic"])
+    # The synthetic study carries canary PHI, as real ones carry PHI: only its bytes are kept.
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_cohort(Path(tmp), patients=1, seed=seed, rows=64, slices=10)
+        body, content_type = encode_series([p.read_bytes() for p in sorted(Path(tmp, "dicom").rglob("*.dcm"))])
+    args = {
+        "registry": str(work / "registry"),
+        "tokens": str(tokens),
+        "audit_log": str(work / "audit.jsonl"),
+        "key_file": str(ensure_key_file(work / "deid.key").resolve()),
+        "experts": {"CT/CHEST": ref, "CT/*": ref},
+        "simulated_gpu_ms": plan.gpu_ms,
+    }
+    research = TrainConfig(
+        data=str(data), labels=str(labels), epochs=100_000, workers=2, cpus_per_worker=1, gpus_per_worker=1,
+        batch_size=4, width=8, val_fraction=0.25, checkpoint_every=plan.checkpoint_every, keep_checkpoints=2,
+        max_failures=0, storage_path=str(work / "runs"), simulated_gpu_ms=plan.step_ms, seed=seed)
+    return Kit(work=work, args=args, token=token, body=body, content_type=content_type, research=research)
+
+
+def diagnosis_args(kit: Kit, plan: BurstPlan, *, borrow: bool) -> dict[str, Any]:
+    """The service's args: two routine replicas and ``reserved`` emergency replicas fill the inference
+    GPUs (half a GPU each); ``borrow`` lets the lanes use training nodes too."""
+    roles = ["infer", _LEND_ROLE] if borrow else ["infer"]
+    replica = {"num_cpus": 0.5, "num_gpus": 0.5, "gpu_memory_gb": 2, "roles": roles}
+    return {**kit.args, "broker": borrow, "lanes": {
+        "routine": {**replica, "min_replicas": 2, "max_replicas": 2},
+        "emergency": {**replica, "min_replicas": plan.reserved, "max_replicas": plan.max_replicas,
+                      "target_ongoing_requests": 1, "max_ongoing_requests": 16, "max_queued_requests": 32,
+                      "upscale_delay_s": 0.5, "downscale_delay_s": plan.downscale_delay_s,
+                      "look_back_period_s": 2.0},
+    }}
+
+
+@dataclass
+class PhaseResult:
+    """What one phase measured. Times are seconds since the load started (``t0``, wall clock)."""
+
+    name: str
+    broker: bool
+    t0: float
+    requests: list[dict[str, Any]]  # lane, sent, latency_s, status, node_type
+    samples: list[dict[str, Any]]  # t, per lane: pending and live replicas by node type
+    progress: list[dict[str, float]]  # t, step (research, rank 0)
+    events: list[dict[str, Any]]  # t, action, subject, reason (broker)
+    steps_per_epoch: int | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Load -----------------------------------------------------------------------------------------
+
+
+def _load(url: str, kit: Kit, plan: BurstPlan, t0: float, stop: threading.Event,
+          records: list[dict[str, Any]]) -> None:
+    """Open-loop load on both lanes from wall-clock ``t0`` until ``stop`` is set (then waits for answers)."""
+    import httpx
+
+    async def one(client: httpx.AsyncClient, lane: str, sent: float) -> None:
+        start = time.time()
+        status, node_type = 0, None
+        try:
+            r = await client.post("/v1/diagnose", content=kit.body, headers={
+                "Content-Type": kit.content_type, PRIORITY_HEADER: lane})
+            status = r.status_code
+            if status == 200:
+                node_type = r.json()["served_by"]["node_type"]
+        except httpx.HTTPError:
+            pass  # status 0: no answer (timeout, connection refused) counts as failed
+        records.append({"lane": lane, "sent": sent, "latency_s": time.time() - start, "status": status,
+                        "node_type": node_type})
+
+    async def lane_loop(client: httpx.AsyncClient, lane: str, tasks: set[asyncio.Task[None]]) -> None:
+        t = 0.0
+        while not stop.is_set():
+            delay = t0 + t - time.time()
+            if delay > 0:
+                await asyncio.sleep(min(delay, 0.2))
+                continue
+            task = asyncio.create_task(one(client, lane, t))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            t += 1.0 / plan.rate(lane, t)
+
+    async def main() -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits,
+                                     headers={"Authorization": f"Bearer {kit.token}"}) as client:
+            await asyncio.gather(*(lane_loop(client, lane, tasks) for lane in LANES))
+            if tasks:
+                await asyncio.wait(set(tasks), timeout=70)
+
+    asyncio.run(main())
+
+
+def _warm_up(url: str, kit: Kit) -> None:
+    """One answer per lane before measuring (models loaded, connections open)."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {kit.token}"}) as client:
+        for lane in LANES:
+            for _ in range(2):
+                r = client.post("/v1/diagnose", content=kit.body,
+                                headers={"Content-Type": kit.content_type, PRIORITY_HEADER: lane})
+                if r.status_code != 200:
+                    raise MedrayError(f"the diagnosis service answered {r.status_code} while warming up the "
+                                      f"{lane} lane: see the Serve logs")
+
+
+# One phase ------------------------------------------------------------------------------------
+
+
+def _node_types() -> dict[str, str]:
+    import ray
+
+    return {n["NodeID"]: n["Labels"].get(NODE_TYPE_LABEL, "?") for n in ray.nodes() if n["Alive"]}
+
+
+def _sample(t: float, node_types: dict[str, str]) -> dict[str, Any]:
+    sample: dict[str, Any] = {"t": t}
+    for lane in LANES:
+        pending, nodes = serve_replicas(APP_NAME, LANE_DEPLOYMENTS[lane])
+        by_type: dict[str, int] = {}
+        for node in nodes:
+            name = node_types.get(node, "?")
+            by_type[name] = by_type.get(name, 0) + 1
+        sample[lane] = {"pending": pending, "by_type": by_type}
+    return sample
+
+
+def _read_progress(path: Path, t0: float) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{"t": r["t"] - t0, "step": r["step"], "epoch": r["epoch"]} for r in lines]
+
+
+def _wait(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise MedrayError(f"the burst scenario timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(0.5)
+    return value
+
+
+def _gpus_free() -> bool:
+    import ray
+
+    return ray.available_resources().get("GPU", 0) >= ray.cluster_resources().get("GPU", 0)
+
+
+def _steps_per_epoch(progress: list[dict[str, float]]) -> int | None:
+    """Steps of a full epoch, read off the progress log (None before an epoch finished)."""
+    counts: dict[int, int] = {}
+    for p in progress:
+        counts[int(p["epoch"])] = counts.get(int(p["epoch"]), 0) + 1
+    complete = sorted(counts)[1:-1]  # the first may be a resumed one, the last unfinished
+    return max(counts[e] for e in complete) if complete else None
+
+
+def run_phase(kit: Kit, plan: BurstPlan, *, broker: bool, name: str,
+              say: Callable[[str], None] = print) -> PhaseResult:
+    """Run one phase (see the module docstring) on the connected cluster and measure it.
+
+    Everything it starts (broker, service, research run) is stopped before it returns.
+    """
+    if get_broker() is not None:
+        raise ConfigError("a priority broker is already running: the burst phases start their own "
+                          "(stop it with medray.broker.stop_broker())")
+    progress_log = kit.work / f"{name}-progress.jsonl"
+    progress_log.unlink(missing_ok=True)
+    research = kit.research.with_overrides(progress_log=str(progress_log))
+    t_setup = time.monotonic()
+    # The broker starts and stops the research run in both phases; only with ``broker`` does it
+    # watch the lanes, and so lend. (A run stops cleanly when asked: killed, Ray Train would leave
+    # its GPUs reserved on a cluster without a dashboard.)
+    start_broker(plan.policy)
+    try:
+        submit(f"burst-{name}", research)
+        # The service deploys while the research run starts.
+        url = run_local(diagnosis_args(kit, plan, borrow=broker))
+        _wait(lambda: progress_log.exists(), 300, "the research run's first step")
+        _warm_up(url, kit)
+        say(f"{name}: service and research up in {time.monotonic() - t_setup:.0f} s; load for "
+            f"{plan.before_s:.0f} s, then emergency x{plan.burst_factor:g} for {plan.burst_s:.0f} s")
+        node_types = _node_types()
+        requests: list[dict[str, Any]] = []
+        samples: list[dict[str, Any]] = []
+        stop = threading.Event()
+        t0 = time.time() + 0.5
+        loader = threading.Thread(target=_load, args=(url, kit, plan, t0, stop, requests), daemon=True)
+        loader.start()
+        events: list[dict[str, Any]] = []
+        while True:
+            now = time.time() - t0
+            samples.append(_sample(now, node_types))
+            events = _events(t0)
+            # Without lending research never stopped: the phase ends after_s after the burst.
+            resumed = _resumed(events, progress_log, t0) if broker else plan.burst_end
+            if resumed is not None and now >= max(plan.burst_end, resumed) + plan.after_s:
+                break
+            if now >= plan.burst_end + plan.after_max_s:
+                say(f"{name}: research did not run again within {plan.after_max_s:.0f} s after the burst")
+                break
+            time.sleep(0.5)
+        stop.set()
+        loader.join(timeout=90)
+        progress = _read_progress(progress_log, t0)
+    finally:
+        stop_local()
+        stop_broker(grace_s=120)
+    _wait(_gpus_free, 120, "the phase's GPUs to be released")
+    result = PhaseResult(name=name, broker=broker, t0=t0, requests=requests, samples=samples,
+                         progress=progress, events=events, steps_per_epoch=_steps_per_epoch(progress))
+    result.metrics = _metrics(result, plan)
+    return result
+
+
+def _events(t0: float) -> list[dict[str, Any]]:
+    summary = broker_summary(events=200)
+    if summary is None:
+        return []
+    return [{**e, "t": e["at"] - t0} for e in summary["events"]]
+
+
+def _resumed(events: list[dict[str, Any]], progress_log: Path, t0: float) -> float | None:
+    """When research first trained after the broker returned its GPUs (None: not yet)."""
+    returned = [e["t"] for e in events if e["action"] == "return"]
+    after = [p["t"] for p in _read_progress(progress_log, t0) if returned and p["t"] > returned[-1]]
+    return after[0] if after else None
+
+
+# Metrics --------------------------------------------------------------------------------------
+
+
+def _percentiles(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    a = np.asarray(values) * 1e3
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def _window(requests: list[dict[str, Any]], lane: str, start: float, end: float) -> dict[str, Any]:
+    chosen = [r for r in requests if r["lane"] == lane and start <= r["sent"] < end]
+    ok = [r["latency_s"] for r in chosen if r["status"] == 200]
+    p50, p99 = _percentiles(ok)
+    return {"requests": len(chosen), "failed": len(chosen) - len(ok), "p50_ms": p50, "p99_ms": p99}
+
+
+def _metrics(result: PhaseResult, plan: BurstPlan) -> dict[str, Any]:
+    roles = {t.name: t.role for t in load_node_types()}
+    requests = result.requests
+    emergency = {
+        "before": _window(requests, "emergency", 0.0, plan.before_s),
+        "during": _window(requests, "emergency", plan.before_s, plan.burst_end),
+        "after": _window(requests, "emergency", plan.burst_end, float("inf")),
+    }
+    routine = _window(requests, "routine", 0.0, float("inf"))
+    borrowed = [r["sent"] + r["latency_s"] for r in requests
+                if r["lane"] == "emergency" and r["status"] == 200 and r["sent"] >= plan.before_s
+                and roles.get(r["node_type"]) == _LEND_ROLE]
+    replicas = [sum(s["emergency"]["by_type"].values()) for s in result.samples
+                if plan.before_s <= s["t"] < plan.burst_end]
+    metrics: dict[str, Any] = {
+        "extra_replicas_serving_s": min(borrowed) - plan.before_s if borrowed else None,
+        "emergency_replicas_max": max(replicas, default=0),
+        "emergency": emergency,
+        "routine": routine,
+        "steps_per_epoch": result.steps_per_epoch,
+        "checkpoint_interval_steps": (result.steps_per_epoch * plan.checkpoint_every
+                                      if result.steps_per_epoch else None),
+        # What lending costs research: the steps it trained while the burst lasted.
+        "research_steps_in_burst": sum(plan.before_s <= p["t"] < plan.burst_end for p in result.progress),
+    }
+    lent = [e["t"] for e in result.events if e["action"] == "lend"]
+    yielded = [e["t"] for e in result.events if e["action"] == "yielded"]
+    returned = [e["t"] for e in result.events if e["action"] == "return"]
+    placed = [s["t"] for s in result.samples if s["t"] >= plan.before_s
+              and any(roles.get(t) == _LEND_ROLE for t in s["emergency"]["by_type"])]
+    if yielded:
+        before = [p for p in result.progress if p["t"] <= yielded[0]]
+        after = [p for p in result.progress if returned and p["t"] > returned[0]]
+        metrics.update(
+            lend_s=lent[0] - plan.before_s,
+            extra_replicas_placed_s=placed[0] - plan.before_s if placed else None,
+            returned_s=returned[0] - plan.burst_end if returned else None,
+            research_running_again_s=after[0]["t"] - plan.burst_end if after else None,
+            # Steps trained before the yield that the resumed run trains again.
+            steps_redone=(before[-1]["step"] - (after[0]["step"] - 1)) if before and after else None,
+        )
+    return metrics
+
+
+# Report ---------------------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _s(value: float | None, never: str = "never") -> str:
+    return never if value is None else f"{value:.1f}"
+
+
+def format_table(results: Sequence[PhaseResult], plan: BurstPlan) -> str:
+    """The phases side by side, with the goals; a ratio column when a baseline and a broker phase ran."""
+    names = [f"{r.name} ({'priority broker' if r.broker else 'static partition'})" for r in results]
+    width = max(24, *(len(n) for n in names))
+    rows: list[tuple[str, list[str], str]] = []
+
+    def row(label: str, cell: Callable[[PhaseResult], str], goal: str = "") -> None:
+        rows.append((label, [cell(r) for r in results], goal))
+
+    def lat(window: str) -> Callable[[PhaseResult], str]:
+        return lambda r: f"{_ms(r.metrics['emergency'][window]['p50_ms'])} / {_ms(r.metrics['emergency'][window]['p99_ms'])}"
+
+    row("s from burst start to the broker's lend decision", lambda r: _s(r.metrics.get("lend_s"), "-"))
+    row("s from burst start to extra replicas placed", lambda r: _s(r.metrics.get("extra_replicas_placed_s"), "-"))
+    row("s from burst start to extra replicas serving", lambda r: _s(r.metrics["extra_replicas_serving_s"]), "<= 10")
+    row("emergency replicas (most during the burst)", lambda r: str(r.metrics["emergency_replicas_max"]))
+    row("emergency p50 / p99 ms before the burst", lat("before"))
+    row("emergency p50 / p99 ms during the burst", lat("during"), "p99 below the baseline's")
+    row("emergency p50 / p99 ms after the burst", lat("after"))
+    row("failed emergency requests before / during",
+        lambda r: f"{r.metrics['emergency']['before']['failed']} / {r.metrics['emergency']['during']['failed']}",
+        "0 during")
+    row("emergency requests before / during",
+        lambda r: f"{r.metrics['emergency']['before']['requests']} / {r.metrics['emergency']['during']['requests']}")
+    row("routine p50 / p99 ms, failed",
+        lambda r: f"{_ms(r.metrics['routine']['p50_ms'])} / {_ms(r.metrics['routine']['p99_ms'])}, "
+                  f"{r.metrics['routine']['failed']}")
+    row("s from burst end to GPUs returned", lambda r: _s(r.metrics.get("returned_s"), "-"))
+    row("s from burst end to research running again",
+        lambda r: _s(r.metrics.get("research_running_again_s"), "-" if not r.broker else "never"), "<= 60")
+    row("research steps redone (checkpoint interval)",
+        lambda r: (f"{r.metrics['steps_redone']} ({r.metrics['checkpoint_interval_steps']})"
+                   if r.metrics.get("steps_redone") is not None else "-"), "<= 1 interval")
+    row("research steps trained during the burst", lambda r: str(r.metrics["research_steps_in_burst"]))
+    head = (f"emergency {plan.emergency_rps:g} -> {plan.emergency_rps * plan.burst_factor:g} studies/s for "
+            f"{plan.burst_s:g} s (routine {plan.routine_rps:g}/s); simulated GPU {plan.gpu_ms:g} ms per study, "
+            f"{plan.step_ms:g} ms per training step; emergency lane {plan.reserved}..{plan.max_replicas} replicas")
+    first = max(len(label) for label, _, _ in rows)
+    lines = [head, f"{'':{first}} " + " ".join(f"{n:>{width}}" for n in names) + "  goal"]
+    lines += [f"{label:{first}} " + " ".join(f"{c:>{width}}" for c in cells) + (f"  {goal}" if goal else "")
+              for label, cells, goal in rows]
+    ratio = p99_ratio(results)
+    if ratio is not None:
+        lines.append(f"emergency p99 during the burst, broker / static partition: {ratio:.2f}  (goal < 1)")
+    return "\n".join(lines)
+
+
+def p99_ratio(results: Sequence[PhaseResult]) -> float | None:
+    """Emergency p99 during the burst, broker phase over static-partition phase (None without both)."""
+    p99 = {r.broker: r.metrics["emergency"]["during"]["p99_ms"] for r in results}
+    if p99.get(True) is None or not p99.get(False):
+        return None
+    return p99[True] / p99[False]
+
+
+def plot_timeline(results: Sequence[PhaseResult], path: str | Path, plan: BurstPlan) -> Path:
+    """PNG: per phase (columns) the emergency replicas by node type, emergency latency, research steps."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    fig = Figure(figsize=(5.2 * len(results), 7.2), dpi=100)
+    axes = fig.subplots(3, len(results), squeeze=False, sharex="col")
+    types = sorted({t for r in results for s in r.samples for t in s["emergency"]["by_type"]})
+    colours = {t: c for t, c in zip(types, ["#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974", "#64b5cd"])}
+    for col, r in enumerate(results):
+        t = [s["t"] for s in r.samples]
+        counts = [[s["emergency"]["by_type"].get(name, 0) for s in r.samples] for name in types]
+        ax = axes[0][col]
+        if t:
+            ax.stackplot(t, counts, labels=types, colors=[colours[n] for n in types], step="post")
+            ax.step(t, [s["emergency"]["pending"] for s in r.samples], where="post", color="black",
+                    linestyle="--", label="pending")
+        ax.set_title(f"{r.name}: {'priority broker' if r.broker else 'static partition'}", fontsize=10)
+        ax.set_ylabel("emergency replicas")
+        ax.set_ylim(0, plan.max_replicas + 0.5)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7, loc="upper right")
+        ax = axes[1][col]
+        for lane, colour in (("routine", "#999999"), ("emergency", "#c44e52")):
+            ok = [q for q in r.requests if q["lane"] == lane and q["status"] == 200]
+            ax.scatter([q["sent"] for q in ok], [q["latency_s"] * 1e3 for q in ok], s=4, color=colour, label=lane)
+        failed = [q for q in r.requests if q["lane"] == "emergency" and q["status"] != 200]
+        if failed:
+            ax.scatter([q["sent"] for q in failed], [q["latency_s"] * 1e3 for q in failed], s=14, marker="x",
+                       color="black", label=f"emergency failed ({len(failed)})")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel("latency (ms)")
+        ax.legend(fontsize=7, loc="upper right")
+        ax = axes[2][col]
+        if r.progress:
+            ax.plot([p["t"] for p in r.progress], [p["step"] for p in r.progress], ".", markersize=2,
+                    color="#4c72b0")
+        for e in r.events:
+            if e["action"] in ("lend", "return"):
+                ax.axvline(e["t"], color="#c44e52" if e["action"] == "lend" else "#55a868", linewidth=1)
+                ax.annotate(e["action"], (e["t"], 0), xycoords=("data", "axes fraction"), fontsize=7,
+                            xytext=(2, 2), textcoords="offset points")
+        ax.set_ylabel("research step")
+        ax.set_xlabel("seconds since the load started")
+        for row in axes:
+            row[col].axvspan(plan.before_s, plan.burst_end, color="#f2c45a", alpha=0.25, linewidth=0, zorder=0)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig).print_png(str(path))
+    return path
+
+
+# The demo's stage -----------------------------------------------------------------------------
+
+
+def _prep_outputs(ctx: DemoContext) -> tuple[Path, Path]:
+    for result in ctx.results.values():
+        if "volumes" in result and "emr" in result:
+            return Path(result["volumes"]).parent, Path(result["emr"]) / "diagnoses.parquet"
+    raise ConfigError("the burst stage trains on the preprocessing stage's outputs: run it first")
+
+
+def stage(ctx: DemoContext, *, plan: BurstPlan = DEMO_PLAN) -> dict[str, Any]:
+    """A short burst with the priority broker on the demo cluster: the emergency lane borrows the
+    research run's GPUs and gives them back; a table and a timeline figure."""
+    from medray.report import FIGURES_DIR, figure_entry
+
+    data, labels = _prep_outputs(ctx)
+    kit = prepare_kit(ctx.out / "burst", data, labels, plan, seed=ctx.seed)
+    result = run_phase(kit, plan, broker=True, name="burst", say=ctx.say)
+    ctx.say(format_table([result], plan))
+    png = plot_timeline([result], ctx.out / FIGURES_DIR / "burst-timeline.png", plan)
+    (kit.work / "burst.json").write_text(json.dumps({"plan": asdict(plan), "phases": [result.to_dict()]}))
+    m = result.metrics
+    return {
+        "extra_replicas_serving_s": m["extra_replicas_serving_s"],
+        "emergency_replicas_max": m["emergency_replicas_max"],
+        "emergency_p99_ms_before": m["emergency"]["before"]["p99_ms"],
+        "emergency_p99_ms_during": m["emergency"]["during"]["p99_ms"],
+        "emergency_failed_during": m["emergency"]["during"]["failed"],
+        "research_running_again_s": m.get("research_running_again_s"),
+        "steps_redone": m.get("steps_redone"),
+        "figures": [figure_entry(ctx.out, png, "The burst: emergency replicas by node type (top), latency "
+                                               "(middle) and research steps (bottom); the burst is shaded")],
+    }
