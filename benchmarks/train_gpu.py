@@ -10,8 +10,9 @@ Measured in one run, on synthetic volumes made in-process (16 x 64 x 64, the mod
 2. **Input pipeline** (needs Ray): the training input path of ``workloads.research`` (shards written
    with ``medray.shards``, labelled and split by ``workloads.research.data``, streamed with
    ``iter_torch_batches`` and prefetching onto the device) measured alone, then feeding the fastest
-   precision's training step. The loader keeps up when training from it runs at >= 90% of training
-   from memory.
+   precision's training step; the same for the resident loader (``--loader resident``: the shard
+   pulled once onto the device as float16, permuted slices every epoch; loading time reported
+   apart). A loader keeps up when training from it runs at >= 90% of training from memory.
 3. **DDP** (with 2+ GPUs): the same step under ``DistributedDataParallel`` (NCCL) on 1 and 2 GPUs,
    per-GPU batch fixed; efficiency = samples/s on 2 / (2 x samples/s on 1).
 
@@ -207,7 +208,7 @@ def _start_ray(num_gpus: int) -> None:
 def measure_input(*, device: torch.device, width: int, batch: int, volumes: int, amp: str,
                   channels_last: bool, gpu_index: int | None, memory_row: Row) -> list[Row]:
     """Loader alone, and training fed by the loader, on the research workload's input path."""
-    from workloads.research.data import LABEL, build_datasets, load_cohort
+    from workloads.research.data import LABEL, build_datasets, load_cohort, load_resident
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -223,19 +224,34 @@ def measure_input(*, device: torch.device, width: int, batch: int, volumes: int,
 
         for _ in batches():  # warm the pipeline once
             pass
-        for name, train_step in (("loader alone", None), ("train from loader (same step)", True)):
+        t0 = time.perf_counter()
+        resident = load_resident(
+            train.iter_torch_batches(batch_size=256, dtypes=torch.float32, device=device, prefetch_batches=2,
+                                     pin_memory=device.type == "cuda"),
+            device=device, dtype=torch.float16 if device.type == "cuda" else torch.float32)
+        _sync(device)
+        load_s = time.perf_counter() - t0
+        epochs = iter(range(1 << 30))
+
+        def resident_batches():
+            return resident.batches(batch, seed=0, epoch=next(epochs))
+
+        for name, source, train_step in (("stream loader alone", batches, False),
+                                         ("train from stream loader (same step)", batches, True),
+                                         ("resident loader alone", resident_batches, False),
+                                         ("train from resident loader (same step)", resident_batches, True)):
             step = None
             if train_step:
                 model = _model(width, device, channels_last)
                 step = _step_fn(model, amp, device, channels_last, compiled=False)
-                for b in batches():  # warm-up epoch
+                for b in source():  # warm-up step
                     step(b["volume"].unsqueeze(1), b[LABEL])
                     break
             _sync(device)
             n = 0
             with UtilSampler(gpu_index) as util:
                 t0 = time.perf_counter()
-                for b in batches():
+                for b in source():
                     x = b["volume"].unsqueeze(1)
                     if step is not None:
                         step(x, b[LABEL])
@@ -243,6 +259,8 @@ def measure_input(*, device: torch.device, width: int, batch: int, volumes: int,
                 _sync(device)
                 seconds = time.perf_counter() - t0
             rows.append(Row(name, n / seconds, util.mean))
+    print(f"resident loader: {len(resident)} volumes pulled onto {device} once in {load_s:.2f} s "
+          f"({len(resident) / load_s:.0f} volumes/s; not in the rows below)")
     return rows
 
 
@@ -342,12 +360,14 @@ def main(argv: list[str] | None = None) -> int:
                                    volumes=args.loader_volumes, amp="bf16",
                                    channels_last="channels_last" in best.name, gpu_index=gpu_index,
                                    memory_row=best)
-        print("\n== input pipeline: Ray Data shards -> iter_torch_batches (baseline: training from memory) ==")
+        print("\n== input pipeline: Ray Data shards -> iter_torch_batches (stream) or one pull onto the device "
+              "(resident) (baseline: training from memory) ==")
         print(table([best, *input_rows], best, gpu))
-        fed = input_rows[1].samples_per_s / best.samples_per_s
-        print(f"training from the loader runs at {fed:.0%} of training from memory: the loader "
-              f"{'keeps up' if fed >= 0.9 else 'is the bottleneck'} "
-              f"(alone it delivers {input_rows[0].samples_per_s / best.samples_per_s:.1f}x what training needs)")
+        for alone, fed_row in (input_rows[0:2], input_rows[2:4]):
+            fed = fed_row.samples_per_s / best.samples_per_s
+            print(f"{fed_row.name} runs at {fed:.0%} of training from memory: the loader "
+                  f"{'keeps up' if fed >= 0.9 else 'is the bottleneck'} "
+                  f"(alone it delivers {alone.samples_per_s / best.samples_per_s:.1f}x what training needs)")
         results["input"] = [asdict(r) for r in input_rows]
 
     if gpu and torch.cuda.device_count() >= 2:

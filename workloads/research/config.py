@@ -10,7 +10,12 @@ from medray.models import NoduleNetConfig
 from medray.precision import PRECISIONS
 from workloads.research.data import NODULE_CODE
 
-__all__ = ["TrainConfig", "parse_workers"]
+__all__ = ["LOADERS", "TrainConfig", "parse_workers"]
+
+# How a worker gets its training batches: "stream" = Ray Data every epoch; "resident" = its shard
+# once into one tensor on its device, then permuted slices; "auto" = resident when it fits the
+# budget of workloads.research.data.resident_budget, else stream.
+LOADERS = ("auto", "resident", "stream")
 
 
 def parse_workers(text: str | int | tuple[int, int] | list[int]) -> int | tuple[int, int]:
@@ -61,6 +66,7 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.2
     cache: bool | None = None
+    loader: str = "auto"
     code: str = NODULE_CODE
     resume_from: str | None = None
     # Set by the broker entrypoint (workloads.research.preemptible): poll the broker at every step.
@@ -85,6 +91,7 @@ class TrainConfig:
             (self.max_failures >= -1, "max_failures must be >= 0, or -1 for unlimited retries"),
             (self.cpus_per_worker > 0 and self.gpus_per_worker >= 0,
              "cpus_per_worker must be > 0 and gpus_per_worker >= 0"),
+            (self.loader in LOADERS, f"loader must be one of {', '.join(LOADERS)}, got {self.loader!r}"),
             (self.simulated_gpu_ms >= 0, f"simulated_gpu_ms must be >= 0, got {self.simulated_gpu_ms}"),
         ]
         for ok, message in checks:

@@ -16,7 +16,7 @@ and the split sizes), so it is the same on every run and every worker.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import torch
 
 from medray.errors import ConfigError
 from medray.imaging import InputSpec
@@ -46,6 +47,10 @@ __all__ = [
     "split_patients",
     "load_cohort",
     "build_datasets",
+    "ResidentSet",
+    "epoch_permutation",
+    "load_resident",
+    "resident_budget",
 ]
 
 NODULE_CODE = "R91.1"
@@ -57,6 +62,10 @@ LOADER_PROFILE = WorkloadProfile(roles=("prep", "train"), num_cpus=1.0)
 # Materialise the labelled data in the object store (read once, not every epoch) when it takes at
 # most this share of the cluster's object store.
 _CACHE_SHARE = 0.25
+# A worker keeps its training rows resident when they take at most this share of its GPU's memory
+# (loading briefly needs twice that), or this many bytes of host memory when it trains on the CPU.
+RESIDENT_GPU_SHARE = 0.25
+RESIDENT_HOST_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -194,3 +203,65 @@ def build_datasets(cohort: Cohort, *, cache: bool | None = None) -> dict[str, ra
     # A new block order every epoch; the workers' local shuffle buffers mix within blocks.
     out["train"] = out["train"].randomize_block_order()
     return out
+
+
+def epoch_permutation(n: int, *, seed: int, epoch: int, rank: int = 0) -> torch.Tensor:
+    """The order of a resident set's ``n`` rows in ``epoch`` on ``rank``: a function of these alone,
+    so a run resumed mid-epoch draws the same order again and can skip the batches already taken."""
+    key = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, dtype=np.uint64)[0])
+    return torch.randperm(n, generator=torch.Generator().manual_seed(key >> 1))
+
+
+@dataclass(frozen=True)
+class ResidentSet:
+    """A worker's training rows held in one tensor on its device: epochs are permuted slices of it,
+    with no input pipeline between batches (``volume`` may be stored as float16; batches are float32)."""
+
+    volume: torch.Tensor  # (N, D, H, W)
+    label: torch.Tensor  # (N,) float32
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+    def head(self, rows: int) -> ResidentSet:
+        """The first ``rows`` rows (DDP ranks train on equally many)."""
+        return ResidentSet(self.volume[:rows], self.label[:rows])
+
+    def steps(self, batch_size: int, *, drop_last: bool = True) -> int:
+        """Batches per epoch."""
+        return len(self) // batch_size if drop_last else -(-len(self) // batch_size)
+
+    def batches(self, batch_size: int, *, seed: int, epoch: int, rank: int = 0, drop_last: bool = True,
+                skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """``{VOLUME, LABEL}`` batches of ``epoch``'s permutation, from batch ``skip`` on."""
+        if batch_size < 1 or skip < 0:
+            raise ConfigError(f"batch_size must be >= 1 and skip >= 0, got {batch_size} and {skip}")
+        order = epoch_permutation(len(self), seed=seed, epoch=epoch, rank=rank).to(self.label.device)
+        stop = self.steps(batch_size, drop_last=drop_last) * batch_size
+        for start in range(skip * batch_size, stop, batch_size):
+            rows = order[start:start + batch_size]
+            yield {VOLUME: self.volume.index_select(0, rows).float(), LABEL: self.label.index_select(0, rows)}
+
+
+def resident_budget(device: torch.device) -> int:
+    """Bytes a worker's resident training rows may take on ``device``."""
+    if device.type == "cuda":
+        return int(RESIDENT_GPU_SHARE * torch.cuda.get_device_properties(device).total_memory)
+    return RESIDENT_HOST_BYTES
+
+
+def load_resident(batches: Iterable[dict[str, torch.Tensor]], *, device: torch.device,
+                  dtype: torch.dtype = torch.float32, budget_bytes: int | None = None) -> ResidentSet | None:
+    """Pull ``batches`` (one pass over a worker's shard, in big batches) into a :class:`ResidentSet`
+    on ``device``, volumes as ``dtype``; None as soon as they exceed ``budget_bytes``."""
+    volumes, labels, size = [], [], 0
+    for batch in batches:
+        volume = batch[VOLUME].to(device=device, dtype=dtype)
+        size += volume.numel() * volume.element_size()
+        if budget_bytes is not None and size > budget_bytes:
+            return None
+        volumes.append(volume)
+        labels.append(batch[LABEL].to(device=device, dtype=torch.float32))
+    if not volumes:
+        return ResidentSet(torch.empty(0, device=device, dtype=dtype), torch.empty(0, device=device))
+    return ResidentSet(torch.cat(volumes), torch.cat(labels))

@@ -15,9 +15,16 @@ that resumed after a failure at epoch 3 ends with ``starts == [0, 3]``.
 ranks ask :func:`medray.broker.yield_requested` together; when asked to yield they checkpoint at
 that very step (mid-epoch), rank 0 reports the checkpoint to the broker, and the loop returns with
 ``yielded`` set: the worker group ends and its GPUs are free. Periodic checkpoints are reported too.
-A run resumed from a mid-epoch checkpoint continues that epoch for its remaining steps (Ray Data
-iterators cannot restart at a position: the steps already taken are skipped on a fresh shuffle,
-without training), so no step is trained twice and the step count goes on where it stopped.
+A run resumed from a mid-epoch checkpoint continues that epoch for its remaining steps, so no step
+is trained twice and the step count goes on where it stopped. With the resident loader the epoch's
+order is a function of (seed, epoch, rank): the resumed run skips exactly the batches already taken.
+(Ray Data iterators cannot restart at a position: streaming, the steps already taken are skipped
+on a fresh shuffle, without training.)
+
+**Input** (``loader``): "stream" iterates the worker's Ray Data shard every epoch; "resident" pulls
+it once into one tensor on the worker's device (float16 on a GPU) and slices a new permutation of
+it every epoch (:class:`~workloads.research.data.ResidentSet`); "auto" is resident when the share
+fits :func:`~workloads.research.data.resident_budget` on every rank, else stream.
 
 Checkpoint directory: ``state.pt`` (model, optimiser, GradScaler, epoch, steps, history, starts) and
 ``model.pt`` (the bare model state dict that the model registry stores).
@@ -45,7 +52,7 @@ from medray.precision import choose_precision
 from medray.roles import NODE_TYPE_LABEL
 from medray.shards import VOLUME
 from workloads.research.config import TrainConfig
-from workloads.research.data import LABEL
+from workloads.research.data import LABEL, ResidentSet, load_resident, resident_budget
 from workloads.research.evaluate import roc_auc
 
 __all__ = ["STATE_FILE", "WEIGHTS_FILE", "Session", "TrainSession", "TuneSession", "flip", "run",
@@ -55,6 +62,8 @@ _log = get_logger("medray.research.loop")
 
 STATE_FILE = "state.pt"
 WEIGHTS_FILE = "model.pt"
+# Rows per batch while a worker pulls its shard into memory (4 MiB of float32 volumes of 16x64x64).
+_LOAD_BATCH = 256
 
 
 def flip(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
@@ -81,6 +90,32 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def _all_min(value: int, device: torch.device) -> int:
+    if _world()[1] == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def _resident(cfg: TrainConfig, session: Session, device: torch.device) -> ResidentSet | None:
+    """The worker's training rows on its device, or None to stream them (ranks agree on which)."""
+    if cfg.loader == "stream":
+        return None
+    budget = None if cfg.loader == "resident" else resident_budget(device)
+    loaded = load_resident(
+        session.batches("train", batch_size=_LOAD_BATCH, dtypes=torch.float32, device=device,
+                        prefetch_batches=2, pin_memory=device.type == "cuda"),
+        device=device, dtype=torch.float16 if device.type == "cuda" else torch.float32, budget_bytes=budget)
+    # Every rank takes as many steps as the smallest shard allows (DDP needs equal step counts);
+    # -1 on any rank (over budget) makes them all stream.
+    rows = _all_min(len(loaded) if loaded is not None else -1, device)
+    if rows < 0:
+        _log.info("streaming the training set: a worker's share exceeds %d MiB", budget // 2**20)
+        return None
+    return loaded.head(rows)
 
 
 def _evaluate(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
@@ -207,8 +242,8 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
     """Train; ``config`` is ``{"train": TrainConfig dict, "model": NoduleNetConfig dict}``.
 
     Returns (rank 0's value is a Train run's ``return_value``) the per-epoch history, the
-    attempts' start epochs, where the workers ran, the steps taken so far and whether the run
-    stopped because the broker asked it to yield.
+    attempts' start epochs, where the workers ran, the steps taken so far, whether the run
+    stopped because the broker asked it to yield, and the loader used ("resident"/"stream").
     """
     import ray
 
@@ -255,6 +290,7 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
     # A simulated GPU (Ray reserved one, torch sees none) is given a real GPU's step time.
     min_step_s = cfg.simulated_gpu_ms / 1e3 if cfg.gpus_per_worker and device.type == "cpu" else 0.0
     progress = _Progress(cfg.progress_log, rank)
+    resident = _resident(cfg, session, device)
 
     def save(epoch_done: int, epoch_steps: int, metrics: dict[str, float], name: str) -> None:
         """Checkpoint (rank 0 writes; every rank reports, as Train requires) and tell the broker."""
@@ -276,13 +312,16 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
         waited = 0.0
         loss_sum = samples = 0.0
         net.train()
-        batches = iter(session.batches(
-            "train", batch_size=per_worker, dtypes=torch.float32, device=device, drop_last=True,
-            prefetch_batches=2, pin_memory=device.type == "cuda",
-            local_shuffle_buffer_size=16 * per_worker, local_shuffle_seed=cfg.seed * 1000 + epoch))
-        epoch_steps, skip = skip, 0
-        for _ in range(epoch_steps):  # taken before the yield this run resumes from
-            next(batches, None)
+        epoch_steps, skip = skip, 0  # steps taken before the yield this run resumes from
+        if resident is not None:
+            batches = resident.batches(per_worker, seed=cfg.seed, epoch=epoch, rank=rank, skip=epoch_steps)
+        else:
+            batches = iter(session.batches(
+                "train", batch_size=per_worker, dtypes=torch.float32, device=device, drop_last=True,
+                prefetch_batches=2, pin_memory=device.type == "cuda",
+                local_shuffle_buffer_size=16 * per_worker, local_shuffle_seed=cfg.seed * 1000 + epoch))
+            for _ in range(epoch_steps):
+                next(batches, None)
         while True:
             w0 = time.perf_counter()
             batch = next(batches, None)
@@ -348,7 +387,8 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
         dist.all_gather_object(nodes, {"rank": rank, "node_type": node_type, "pid": os.getpid()})
     else:
         nodes = [{"rank": rank, "node_type": node_type, "pid": os.getpid()}]
-    return {"history": history, "starts": starts, "workers": nodes, "step": step, "yielded": yielded}
+    return {"history": history, "starts": starts, "workers": nodes, "step": step, "yielded": yielded,
+            "loader": "stream" if resident is None else "resident"}
 
 
 def summarise(history: list[dict[str, float]]) -> dict[str, float]:

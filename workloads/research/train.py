@@ -5,10 +5,10 @@
 
 or :func:`train` from a notebook. A ``TorchTrainer`` runs :func:`~workloads.research.loop.train_worker`
 on ``--workers`` workers (a range ``1-4`` makes the group elastic) placed on ``train`` nodes through
-:mod:`workloads.research.placement`; the input streams from the shards through Ray Data
-(:mod:`workloads.research.data`). Checkpoints go to ``--storage-path`` every ``--checkpoint-every``
-epochs; a worker that dies is replaced and the run continues from the last checkpoint (up to
-``--max-failures`` times). Running again with the same ``--run-name`` and ``--storage-path``
+:mod:`workloads.research.placement`; the input comes from the shards through Ray Data
+(:mod:`workloads.research.data`), pulled once into each worker's memory or streamed every epoch
+(``--loader``). Checkpoints go to ``--storage-path`` every ``--checkpoint-every`` epochs; a worker
+that dies is replaced and the run continues from the last checkpoint (up to ``--max-failures`` times). Running again with the same ``--run-name`` and ``--storage-path``
 continues a stopped run; ``--resume-from CHECKPOINT_DIR`` starts a new run from a checkpoint.
 The final model goes to the registry with its metrics (held-out AUC …), input spec and model config.
 Under the priority broker the same training runs as a preemptible run: :mod:`workloads.research.preemptible`.
@@ -30,7 +30,7 @@ from medray.local_cluster import connect
 from medray.logs import get_logger
 from medray.precision import PRECISIONS
 from medray.registry import RegisteredModel, register
-from workloads.research.config import TrainConfig
+from workloads.research.config import LOADERS, TrainConfig
 from workloads.research.data import Cohort, build_datasets, load_cohort
 from workloads.research.loop import WEIGHTS_FILE, summarise, train_worker
 from workloads.research.placement import place_workers
@@ -60,6 +60,7 @@ class TrainResult:
     registry_path: str | None = None
     steps: int = 0  # optimiser steps taken by the end of this attempt, earlier attempts included
     yielded: bool = False  # stopped at the broker's request: ``checkpoint`` resumes it; not registered
+    loader: str = "stream"  # how the workers got their training batches: "resident" or "stream"
 
     def table(self) -> str:
         """The per-epoch metrics as a text table."""
@@ -144,7 +145,7 @@ def train(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Any] =
     return TrainResult(ref=ref, metrics=metrics, history=out["history"], starts=out["starts"],
                        workers=out["workers"], checkpoint=result.checkpoint.path, run_path=result.path,
                        cohort=cohort.counts(), seconds=time.perf_counter() - t0, registry_path=registry,
-                       steps=out["step"], yielded=out["yielded"])
+                       steps=out["step"], yielded=out["yielded"], loader=out["loader"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of patients held out")
     p.add_argument("--cache", choices=("auto", "yes", "no"), default="auto",
                    help="keep the labelled volumes in Ray's object store between epochs")
+    p.add_argument("--loader", choices=LOADERS, default=d.loader,
+                   help="resident: each worker pulls its shard once into memory on its device and permutes it "
+                        "every epoch; stream: Ray Data every epoch; auto: resident when it fits (default)")
     return p
 
 
@@ -198,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"workers: {where}; {result.seconds:.0f} s")
     if result.starts[1:]:
         print(f"recovered from failures: attempts started at epochs {result.starts}")
-    print(f"checkpoint: {result.checkpoint}")
+    print(f"loader: {result.loader}; checkpoint: {result.checkpoint}")
     print(f"registered: {result.ref} -> {result.registry_path}" if result.ref else "not registered (no --registry)")
     return 0
 
