@@ -50,6 +50,7 @@ from workloads.preprocess.runs import (
     list_files,
     map_options,
     node_type_here,
+    pipeline_parser,
     placement,
     read_manifest,
     write_manifest,
@@ -329,10 +330,8 @@ def _count(summary: Summary) -> None:
 # --- CLI -------------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m {PIPELINE}", description=__doc__.split("\n")[0])
-    p.add_argument("--input", required=True, help="folder of DICOM files (searched recursively)")
-    p.add_argument("--output", required=True, help="output folder (volumes/, quarantine, manifest)")
-    p.add_argument("--key-file", help="de-identification key file (0600); default $MEDRAY_DEID_KEY")
+    p = pipeline_parser(PIPELINE, __doc__, input_help="folder of DICOM files (searched recursively)",
+                        output_help="output folder (volumes/, quarantine, manifest)")
     default = InputSpec()
     p.add_argument("--window", default=default.window, choices=[*WINDOWS, "none"],
                    help="intensity window (none keeps Hounsfield units)")
@@ -345,7 +344,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retain-patient-characteristics", action="store_true",
                    help="PS3.15 option: keep sex, age (90+ grouped), size, weight")
     p.add_argument("--resume", action="store_true", help="skip series already written to OUTPUT")
-    p.add_argument("--concurrency", type=int, help="parallel tasks (default: CPUs of prep nodes)")
     return p
 
 

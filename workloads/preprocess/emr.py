@@ -38,6 +38,7 @@ from workloads.preprocess.runs import (
     list_files,
     map_options,
     node_type_here,
+    pipeline_parser,
     placement,
     read_manifest,
     write_manifest,
@@ -185,12 +186,8 @@ def preprocess_emr(input: str | Path, output: str | Path, *, key: bytes,
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m {PIPELINE}", description=__doc__.split("\n")[0])
-    p.add_argument("--input", required=True, help="folder of Parquet/CSV tables")
-    p.add_argument("--output", required=True, help="output folder")
+    p = pipeline_parser(PIPELINE, __doc__, input_help="folder of Parquet/CSV tables", output_help="output folder")
     p.add_argument("--mapping", help="column-role mapping (YAML or JSON); default: synthetic cohort")
-    p.add_argument("--key-file", help="de-identification key file (0600); default $MEDRAY_DEID_KEY")
-    p.add_argument("--concurrency", type=int, help="parallel tasks (default: CPUs of prep nodes)")
     return p
 
 

@@ -6,6 +6,7 @@ pipelines' own file names are pseudonymous), reason codes, counts, option values
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,6 +22,7 @@ from medray.scheduling import Placement, WorkloadProfile, place
 from medray.shards import write_parquet
 
 __all__ = [
+    "pipeline_parser",
     "PREP_PROFILE",
     "MANIFEST",
     "QUARANTINE",
@@ -55,6 +57,16 @@ class Quarantined:
     path: str
     reason: str
     message: str
+
+
+def pipeline_parser(pipeline: str, doc: str, *, input_help: str, output_help: str) -> argparse.ArgumentParser:
+    """The command line every preprocessing pipeline shares: input, output, key file, concurrency."""
+    p = argparse.ArgumentParser(prog=f"python -m {pipeline}", description=doc.split("\n")[0])
+    p.add_argument("--input", required=True, help=input_help)
+    p.add_argument("--output", required=True, help=output_help)
+    p.add_argument("--key-file", help="de-identification key file (0600); default $MEDRAY_DEID_KEY")
+    p.add_argument("--concurrency", type=int, help="parallel tasks (default: CPUs of prep nodes)")
+    return p
 
 
 def placement(profile: WorkloadProfile = PREP_PROFILE) -> Placement:
