@@ -155,11 +155,11 @@ def _as_volume(volume: np.ndarray) -> np.ndarray:
     return vol
 
 
-def _axis_weights(n: int, m: int, keep: range) -> tuple[np.ndarray, np.ndarray]:
-    """Banded weights resampling an axis of ``n`` voxels to ``m``, for the outputs in ``keep``.
+def _axis_matrix(n: int, m: int, keep: range) -> tuple[slice, np.ndarray]:
+    """The matrix resampling an axis of ``n`` voxels to ``m``, for the outputs in ``keep`` only.
 
-    Returns ``(index, weight)``, both ``(len(keep), band)``: output ``i`` is
-    ``sum(weight[i] * input[index[i]])``. Shrinking by 2 or more averages the input voxels each
+    Returns ``(used, matrix)``: the input voxels those outputs need, and the float32
+    ``(len(keep), used length)`` matrix mapping them to the outputs. Shrinking by 2 or more averages the input voxels each
     output voxel covers, by overlap (an exact box filter: no aliasing, no skipped voxels); otherwise
     linear interpolation between voxel centres, edges clamped (``align_corners=False``).
     """
@@ -179,7 +179,10 @@ def _axis_weights(n: int, m: int, keep: range) -> tuple[np.ndarray, np.ndarray]:
         frac = src - first
         weight = np.stack([1.0 - frac, frac], axis=1)
     index = np.minimum(index, n - 1)  # padded band entries carry weight 0
-    return index, weight.astype(np.float32)
+    used = slice(int(index.min()), int(index.max()) + 1)
+    matrix = np.zeros((len(keep), used.stop - used.start), np.float32)
+    np.add.at(matrix, (np.arange(len(keep))[:, None], index - used.start), weight)
+    return used, matrix
 
 
 def _kept(size: int, want: int | None) -> tuple[range, tuple[int, int]]:
@@ -236,13 +239,10 @@ def resample(
         if size[axis] == n:  # no resampling along this axis: a crop at most
             vol = vol[(slice(None),) * axis + (slice(keep.start, keep.stop),)]
             continue
-        index, weight = _axis_weights(n, size[axis], keep)
-        used = slice(int(index.min()), int(index.max()) + 1)
-        dense = np.zeros((len(keep), used.stop - used.start), np.float32)
-        np.add.at(dense, (np.arange(len(keep))[:, None], index - used.start), weight)
+        used, matrix = _axis_matrix(n, size[axis], keep)
         # One matrix product (BLAS) per axis, over the input voxels the kept outputs need.
         part = vol[(slice(None),) * axis + (used,)]
-        vol = np.moveaxis(np.tensordot(dense, part, axes=(1, axis)), 0, axis)
+        vol = np.moveaxis(np.tensordot(matrix, part, axes=(1, axis)), 0, axis)
     if any(p != (0, 0) for p in pads):
         vol = np.pad(vol, pads, constant_values=vol.min())
     return np.ascontiguousarray(vol, dtype=np.float32)
