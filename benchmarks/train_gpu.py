@@ -13,8 +13,12 @@ Measured in one run, on synthetic volumes made in-process (16 x 64 x 64, the mod
    precision's training step; the same for the resident loader (``--loader resident``: the shard
    pulled once onto the device as float16, permuted slices every epoch; loading time reported
    apart). A loader keeps up when training from it runs at >= 90% of training from memory.
-3. **DDP** (with 2+ GPUs): the same step under ``DistributedDataParallel`` (NCCL) on 1 and 2 GPUs,
+3. **DDP** (with 2+ GPUs and Ray): the same step in Ray Train ``TorchTrainer`` workers placed by the
+   research workload (``prepare_model``: ``DistributedDataParallel`` over NCCL) on 1 and 2 GPUs,
    per-GPU batch fixed; efficiency = samples/s on 2 / (2 x samples/s on 1).
+4. **The research workload** (on a GPU, with Ray): ``workloads.research.train`` itself on the same
+   shards, resident loader, bf16 + channels_last, on 1 GPU worker and (with 2+ GPUs) 2: the
+   epochs' samples/s and input wait as the training loop reports them.
 
     python benchmarks/train_gpu.py                  # GPU: about 2-4 minutes; CPU: tiny settings, ~1 minute
     python benchmarks/train_gpu.py --batch-size 256 --width 32 --compile --json out.json
@@ -205,99 +209,130 @@ def _start_ray(num_gpus: int) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def measure_input(*, device: torch.device, width: int, batch: int, volumes: int, amp: str,
-                  channels_last: bool, gpu_index: int | None, memory_row: Row) -> list[Row]:
+def measure_input(data: Path, labels: Path, *, device: torch.device, width: int, batch: int, amp: str,
+                  channels_last: bool, gpu_index: int | None, steps: int, warmup: int) -> list[Row]:
     """Loader alone, and training fed by the loader, on the research workload's input path."""
     from workloads.research.data import LABEL, build_datasets, load_cohort, load_resident
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        data, labels = _write_synthetic_shards(Path(tmp), volumes, shards=8)
-        cohort = load_cohort(data, labels, val_fraction=0.05, seed=0)
-        train = build_datasets(cohort, cache=True)["train"]
+    cohort = load_cohort(data, labels, val_fraction=0.05, seed=0)
+    train = build_datasets(cohort, cache=True)["train"]
 
-        def batches():
-            return train.iter_torch_batches(batch_size=batch, dtypes=torch.float32, device=device,
-                                            drop_last=True, prefetch_batches=4,
-                                            pin_memory=device.type == "cuda",
-                                            local_shuffle_buffer_size=4 * batch)
+    def batches():
+        return train.iter_torch_batches(batch_size=batch, dtypes=torch.float32, device=device,
+                                        drop_last=True, prefetch_batches=4,
+                                        pin_memory=device.type == "cuda",
+                                        local_shuffle_buffer_size=4 * batch)
 
-        for _ in batches():  # warm the pipeline once
-            pass
-        t0 = time.perf_counter()
-        resident = load_resident(
-            train.iter_torch_batches(batch_size=256, dtypes=torch.float32, device=device, prefetch_batches=2,
-                                     pin_memory=device.type == "cuda"),
-            device=device, dtype=torch.float16 if device.type == "cuda" else torch.float32)
+    for _ in batches():  # warm the pipeline once
+        pass
+    t0 = time.perf_counter()
+    resident = load_resident(
+        train.iter_torch_batches(batch_size=256, dtypes=torch.float32, device=device, prefetch_batches=2,
+                                 pin_memory=device.type == "cuda"),
+        device=device, dtype=torch.float16 if device.type == "cuda" else torch.float32)
+    _sync(device)
+    load_s = time.perf_counter() - t0
+    epochs = iter(range(1 << 30))
+
+    def resident_batches():  # epoch after epoch: as many batches as the timed steps need
+        return (b for _ in range(-(-(warmup + steps) // resident.steps(batch)))
+                for b in resident.batches(batch, seed=0, epoch=next(epochs)))
+
+    for name, source, train_step in (("stream loader alone", batches, False),
+                                     ("train from stream loader (same step)", batches, True),
+                                     ("resident loader alone", resident_batches, False),
+                                     ("train from resident loader (same step)", resident_batches, True)):
+        step = None
+        source_batches = source()
+        if train_step:
+            model = _model(width, device, channels_last)
+            step = _step_fn(model, amp, device, channels_last, compiled=False)
+            for _, b in zip(range(warmup), source_batches):  # as many warm-up steps as from memory
+                step(b["volume"].unsqueeze(1), b[LABEL])
         _sync(device)
-        load_s = time.perf_counter() - t0
-        epochs = iter(range(1 << 30))
-
-        def resident_batches():
-            return resident.batches(batch, seed=0, epoch=next(epochs))
-
-        for name, source, train_step in (("stream loader alone", batches, False),
-                                         ("train from stream loader (same step)", batches, True),
-                                         ("resident loader alone", resident_batches, False),
-                                         ("train from resident loader (same step)", resident_batches, True)):
-            step = None
-            if train_step:
-                model = _model(width, device, channels_last)
-                step = _step_fn(model, amp, device, channels_last, compiled=False)
-                for b in source():  # warm-up step
-                    step(b["volume"].unsqueeze(1), b[LABEL])
-                    break
+        n = 0
+        with UtilSampler(gpu_index) as util:
+            t0 = time.perf_counter()
+            for b in source_batches:
+                x = b["volume"].unsqueeze(1)
+                if step is not None:
+                    step(x, b[LABEL])
+                n += x.shape[0]
             _sync(device)
-            n = 0
-            with UtilSampler(gpu_index) as util:
-                t0 = time.perf_counter()
-                for b in source():
-                    x = b["volume"].unsqueeze(1)
-                    if step is not None:
-                        step(x, b[LABEL])
-                    n += x.shape[0]
-                _sync(device)
-                seconds = time.perf_counter() - t0
-            rows.append(Row(name, n / seconds, util.mean))
+            seconds = time.perf_counter() - t0
+        rows.append(Row(name, n / seconds, util.mean))
     print(f"resident loader: {len(resident)} volumes pulled onto {device} once in {load_s:.2f} s "
           f"({len(resident) / load_s:.0f} volumes/s; not in the rows below)")
     return rows
 
 
-# --- DDP scaling (torch.distributed, NCCL) -------------------------------------------------------
+# --- the research workload end to end (workloads.research.train) ---------------------------------
 
-def _ddp_worker(rank: int, world: int, port: int, args: dict[str, Any], out: Any) -> None:
-    import torch.distributed as dist
+def measure_workload(data: Path, labels: Path, *, workers: int, batch: int, width: int, epochs: int) -> dict[str, Any]:
+    """``workloads.research.train`` on the shards (resident loader, bf16, channels_last, flips), on
+    ``workers`` GPUs with ``batch`` volumes per GPU: the epochs' median samples/s and input wait
+    (the first epoch, with its warm-up, left out)."""
+    from workloads.research.config import TrainConfig
+    from workloads.research.train import train
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("nccl", rank=rank, world_size=world)
-    device = torch.device("cuda", rank)
-    torch.cuda.set_device(device)
-    model = torch.nn.parallel.DistributedDataParallel(_model(args["width"], device, False), device_ids=[rank])
-    step = _step_fn(model, args["amp"], device, False, compiled=False)
-    data = _batches(4, args["batch"], device)
-    for i in range(args["warmup"]):
+    with tempfile.TemporaryDirectory() as storage:
+        result = train(TrainConfig(
+            data=str(data), labels=str(labels), epochs=epochs, workers=workers, gpus_per_worker=1,
+            cpus_per_worker=2, batch_size=batch * workers, width=width, amp="bf16", channels_last=True,
+            loader="resident", val_fraction=0.05, checkpoint_every=epochs, storage_path=storage))
+    later = result.history[1:] or result.history
+    out = {"workers": workers, "loader": result.loader,
+           "samples_per_s": float(np.median([h["samples_per_s"] for h in later])),
+           "input_wait": float(np.median([h["input_wait"] for h in later]))}
+    print(f"  research workload, {workers} GPU worker(s), {result.loader} loader: "
+          f"{out['samples_per_s']:.0f} samples/s, input wait {out['input_wait']:.1%}", flush=True)
+    return out
+
+
+# --- DDP scaling (Ray Train TorchTrainer, NCCL) --------------------------------------------------
+
+def _ddp_loop(config: dict[str, Any]) -> dict[str, float]:
+    """One Train worker: the bf16 step on in-memory batches, wrapped in DDP by Ray Train (world > 1)."""
+    import ray.train
+    import ray.train.torch
+
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(_model(config["width"], device, config["channels_last"]),
+                                          parallel_strategy_kwargs=config.get("ddp_kwargs"))
+    step = _step_fn(model, config["amp"], device, config["channels_last"], compiled=False)
+    data = _batches(4, config["batch"], device)
+    for i in range(config["warmup"]):
         step(*data[i % 4])
-    torch.cuda.synchronize(device)
-    dist.barrier()
+    _sync(device)
     t0 = time.perf_counter()
-    for i in range(args["steps"]):
+    for i in range(config["steps"]):
         step(*data[i % 4])
-    torch.cuda.synchronize(device)
+    _sync(device)
     seconds = time.perf_counter() - t0
-    if rank == 0:
-        out.put(world * args["steps"] * args["batch"] / seconds)
-    dist.destroy_process_group()
+    world = ray.train.get_context().get_world_size()
+    return {"samples_per_s": world * config["steps"] * config["batch"] / seconds, "world": world,
+            "ddp": isinstance(model, torch.nn.parallel.DistributedDataParallel)}
 
 
-def measure_ddp(world: int, args: dict[str, Any]) -> float:
-    import torch.multiprocessing as mp
+def measure_ddp(world: int, config: dict[str, Any], **ddp_kwargs: Any) -> float:
+    """Samples/s of ``world`` Train workers placed by the research workload on ``train`` GPU nodes."""
+    from ray.train import RunConfig
+    from ray.train.torch import TorchTrainer
 
-    ctx = mp.get_context("spawn")
-    out = ctx.SimpleQueue()
-    port = 29500 + world + os.getpid() % 1000
-    mp.spawn(_ddp_worker, args=(world, port, args, out), nprocs=world, join=True)
-    return out.get()
+    from workloads.research.placement import place_workers
+
+    workers = place_workers(cpus_per_worker=2, gpus_per_worker=1)
+    with tempfile.TemporaryDirectory() as storage:
+        result = TorchTrainer(_ddp_loop, train_loop_config={**config, "ddp_kwargs": ddp_kwargs or None},
+                              scaling_config=workers.scaling_config(world),
+                              torch_config=workers.torch_config(),
+                              run_config=RunConfig(name=f"ddp{world}", storage_path=storage)).fit()
+    out = result.return_value
+    assert out["world"] == world and out["ddp"] == (world > 1), out
+    print(f"  {world} Train worker(s), backend {workers.backend}, DDP {out['ddp']}: "
+          f"{out['samples_per_s']:.0f} samples/s", flush=True)
+    return out["samples_per_s"]
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -324,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=15 if gpu else 1)
     p.add_argument("--loader-volumes", type=int, default=4096 if gpu else 64,
                    help="synthetic volumes in the input-pipeline test")
+    p.add_argument("--workload-epochs", type=int, default=5, help="epochs of the research workload run (GPU)")
     p.add_argument("--compile", action="store_true", help="also measure bf16 + torch.compile")
     p.add_argument("--no-input", action="store_true", help="skip the Ray Data input pipeline")
     p.add_argument("--json", help="also write the results here")
@@ -349,38 +385,54 @@ def main(argv: list[str] | None = None) -> int:
 
     best = max((r for r in rows if r.name.startswith("bf16")), key=lambda r: r.samples_per_s)
     try:
-        import ray  # noqa: F401
+        import ray
     except ImportError:
         ray = None
     if args.no_input or ray is None:
-        print(f"\n== input pipeline: skipped ({'--no-input' if args.no_input else 'Ray is not installed here'}) ==")
+        print(f"\n== input pipeline, workload and DDP: skipped "
+              f"({'--no-input' if args.no_input else 'Ray is not installed here'}) ==")
     else:
         _start_ray(torch.cuda.device_count())
-        input_rows = measure_input(device=device, width=args.width, batch=args.batch_size,
-                                   volumes=args.loader_volumes, amp="bf16",
-                                   channels_last="channels_last" in best.name, gpu_index=gpu_index,
-                                   memory_row=best)
-        print("\n== input pipeline: Ray Data shards -> iter_torch_batches (stream) or one pull onto the device "
-              "(resident) (baseline: training from memory) ==")
-        print(table([best, *input_rows], best, gpu))
-        for alone, fed_row in (input_rows[0:2], input_rows[2:4]):
-            fed = fed_row.samples_per_s / best.samples_per_s
-            print(f"{fed_row.name} runs at {fed:.0%} of training from memory: the loader "
-                  f"{'keeps up' if fed >= 0.9 else 'is the bottleneck'} "
-                  f"(alone it delivers {alone.samples_per_s / best.samples_per_s:.1f}x what training needs)")
-        results["input"] = [asdict(r) for r in input_rows]
+        with tempfile.TemporaryDirectory() as tmp:
+            data, labels = _write_synthetic_shards(Path(tmp), args.loader_volumes, shards=8)
+            input_rows = measure_input(data, labels, device=device, width=args.width, batch=args.batch_size,
+                                       amp="bf16", channels_last="channels_last" in best.name,
+                                       gpu_index=gpu_index, steps=args.steps, warmup=args.warmup)
+            print("\n== input pipeline: Ray Data shards -> iter_torch_batches (stream) or one pull onto the "
+                  "device (resident) (baseline: training from memory) ==")
+            print(table([best, *input_rows], best, gpu))
+            for alone, fed_row in (input_rows[0:2], input_rows[2:4]):
+                fed = fed_row.samples_per_s / best.samples_per_s
+                print(f"{fed_row.name} runs at {fed:.0%} of training from memory: the loader "
+                      f"{'keeps up' if fed >= 0.9 else 'is the bottleneck'} "
+                      f"(alone it delivers {alone.samples_per_s / best.samples_per_s:.1f}x what training needs)")
+            results["input"] = [asdict(r) for r in input_rows]
+            if gpu:
+                worlds = [1, 2] if torch.cuda.device_count() >= 2 else [1]
+                runs = [measure_workload(data, labels, workers=w, batch=args.batch_size, width=args.width,
+                                         epochs=args.workload_epochs) for w in worlds]
+                print("\n== the research workload (workloads.research.train: resident loader, bf16, "
+                      "channels_last, flips) (baseline: training from memory) ==")
+                print(f"{'GPU workers':>11} {'samples/s':>10} {'per GPU x baseline':>18} {'input wait':>10}")
+                for r in runs:
+                    print(f"{r['workers']:>11} {r['samples_per_s']:>10.0f} "
+                          f"{r['samples_per_s'] / r['workers'] / best.samples_per_s:>18.2f} {r['input_wait']:>10.1%}")
+                results["workload"] = runs
 
-    if gpu and torch.cuda.device_count() >= 2:
-        ddp_args = {"width": args.width, "batch": args.batch_size, "steps": args.steps,
-                    "warmup": args.warmup, "amp": "bf16"}
-        one, two = measure_ddp(1, ddp_args), measure_ddp(2, ddp_args)
-        print("\n== DDP, bf16, per-GPU batch fixed (baseline: 1 GPU) ==")
-        print(f"{'GPUs':>4} {'samples/s':>10} {'speed-up':>9} {'efficiency':>10}")
-        print(f"{1:>4} {one:>10.1f} {1.0:>9.2f} {1.0:>10.0%}")
-        print(f"{2:>4} {two:>10.1f} {two / one:>9.2f} {two / (2 * one):>10.0%}")
-        results["ddp"] = {"1": one, "2": two, "efficiency": two / (2 * one)}
-    else:
-        print(f"\n== DDP: skipped ({torch.cuda.device_count() if gpu else 'no'} GPU; needs 2) ==")
+        if gpu and torch.cuda.device_count() >= 2:
+            ddp_args = {"width": args.width, "batch": args.batch_size, "steps": args.steps,
+                        "warmup": args.warmup, "amp": "bf16", "channels_last": "channels_last" in best.name}
+            one = measure_ddp(1, ddp_args)
+            two = {"DDP defaults": measure_ddp(2, ddp_args),
+                   "gradient_as_bucket_view": measure_ddp(2, ddp_args, gradient_as_bucket_view=True)}
+            print(f"\n== DDP, {best.name}, per-GPU batch fixed (baseline: 1 GPU) ==")
+            print(f"{'GPUs':>4} {'DDP options':>24} {'samples/s':>10} {'speed-up':>9} {'efficiency':>10}")
+            print(f"{1:>4} {'-':>24} {one:>10.1f} {1.0:>9.2f} {1.0:>10.0%}")
+            for options, rate in two.items():
+                print(f"{2:>4} {options:>24} {rate:>10.1f} {rate / one:>9.2f} {rate / (2 * one):>10.0%}")
+            results["ddp"] = {"1": one, "2": two, "efficiency": {k: v / (2 * one) for k, v in two.items()}}
+        else:
+            print(f"\n== DDP: skipped ({torch.cuda.device_count() if gpu else 'no'} GPU; needs 2) ==")
 
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

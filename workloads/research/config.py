@@ -10,12 +10,20 @@ from medray.models import NoduleNetConfig
 from medray.precision import PRECISIONS
 from workloads.research.data import NODULE_CODE
 
-__all__ = ["LOADERS", "TrainConfig", "parse_workers"]
+__all__ = ["LOADERS", "SYNC_BN_BELOW", "TrainConfig", "parse_workers", "use_sync_bn"]
 
 # How a worker gets its training batches: "stream" = Ray Data every epoch; "resident" = its shard
 # once into one tensor on its device, then permuted slices; "auto" = resident when it fits the
 # budget of workloads.research.data.resident_budget, else stream.
 LOADERS = ("auto", "resident", "stream")
+
+
+SYNC_BN_BELOW = 32  # per-worker batch under which DDP on GPUs shares BatchNorm statistics (auto)
+
+
+def use_sync_bn(setting: bool | None, per_worker_batch: int) -> bool:
+    """Whether DDP workers on GPUs use SyncBatchNorm: the setting, or (None) small per-worker batches."""
+    return per_worker_batch < SYNC_BN_BELOW if setting is None else setting
 
 
 def parse_workers(text: str | int | tuple[int, int] | list[int]) -> int | tuple[int, int]:
@@ -66,6 +74,9 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.2
     cache: bool | None = None
+    # SyncBatchNorm across DDP workers on GPUs: None = only when a worker's batch is below
+    # SYNC_BN_BELOW (small batches give noisy statistics; large ones don't need the extra all-reduces).
+    sync_bn: bool | None = None
     loader: str = "auto"
     code: str = NODULE_CODE
     resume_from: str | None = None

@@ -51,7 +51,7 @@ from medray.models import build_model
 from medray.precision import choose_precision
 from medray.roles import NODE_TYPE_LABEL
 from medray.shards import VOLUME
-from workloads.research.config import TrainConfig
+from workloads.research.config import TrainConfig, use_sync_bn
 from workloads.research.data import LABEL, ResidentSet, load_resident, resident_budget
 from workloads.research.evaluate import roc_auc
 
@@ -70,11 +70,13 @@ def flip(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.
     """Flip each volume of ``x`` (N, 1, D, H, W) along each spatial axis with probability strength/2."""
     if strength <= 0:
         return x
-    for axis in (2, 3, 4):
-        chosen = torch.rand(x.shape[0], generator=generator) < strength / 2
-        if chosen.any():
-            mask = chosen.to(x.device).view(-1, 1, 1, 1, 1)
-            x = torch.where(mask, x.flip(axis), x)
+    chosen = torch.stack([torch.rand(x.shape[0], generator=generator) < strength / 2 for _ in range(3)])
+    masks = chosen
+    if x.device.type == "cuda":  # one copy that does not wait for the GPU's queue to drain
+        masks = chosen.pin_memory().to(x.device, non_blocking=True)
+    for axis, any_chosen, mask in zip((2, 3, 4), chosen.any(dim=1).tolist(), masks):
+        if any_chosen:
+            x = torch.where(mask.view(-1, 1, 1, 1, 1), x.flip(axis), x)
     return x
 
 
@@ -254,7 +256,7 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
     model = build_model(config["model"]).to(device)
     memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    if world > 1 and device.type == "cuda":
+    if world > 1 and device.type == "cuda" and use_sync_bn(cfg.sync_bn, max(1, cfg.batch_size // world)):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net: torch.nn.Module = model
     if world > 1:
@@ -310,7 +312,9 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         waited = 0.0
-        loss_sum = samples = 0.0
+        samples = 0.0
+        # Summed on the device: reading the loss every step would make the CPU wait for the GPU.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         net.train()
         epoch_steps, skip = skip, 0  # steps taken before the yield this run resumes from
         if resident is not None:
@@ -339,7 +343,7 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            loss_sum += float(loss.detach()) * len(y)
+            loss_sum += loss.detach() * len(y)
             samples += len(y)
             if min_step_s:
                 time.sleep(max(0.0, min_step_s - (time.perf_counter() - s0)))
@@ -355,8 +359,9 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
             _log.info("yielded at step %d (epoch %d, %d steps into it) on the broker's request",
                       step, epoch + 1, epoch_steps)
             break
+        loss_total = float(loss_sum)  # waits for the epoch's last step, so the time below includes it
         seconds = time.perf_counter() - t0
-        loss_sum, samples, waited_sum = _all_sum([loss_sum, samples, waited], device)
+        loss_sum, samples, waited_sum = _all_sum([loss_total, samples, waited], device)
 
         metrics: dict[str, float] = {
             "epoch": epoch + 1,

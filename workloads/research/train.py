@@ -30,7 +30,7 @@ from medray.local_cluster import connect
 from medray.logs import get_logger
 from medray.precision import PRECISIONS
 from medray.registry import RegisteredModel, register
-from workloads.research.config import LOADERS, TrainConfig
+from workloads.research.config import LOADERS, SYNC_BN_BELOW, TrainConfig
 from workloads.research.data import Cohort, build_datasets, load_cohort
 from workloads.research.loop import WEIGHTS_FILE, summarise, train_worker
 from workloads.research.placement import place_workers
@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of patients held out")
     p.add_argument("--cache", choices=("auto", "yes", "no"), default="auto",
                    help="keep the labelled volumes in Ray's object store between epochs")
+    p.add_argument("--sync-bn", choices=("auto", "yes", "no"), default="auto",
+                   help="SyncBatchNorm across GPU workers (auto: when a worker's batch is below "
+                        f"{SYNC_BN_BELOW})")
     p.add_argument("--loader", choices=LOADERS, default=d.loader,
                    help="resident: each worker pulls its shard once into memory on its device and permutes it "
                         "every epoch; stream: Ray Data every epoch; auto: resident when it fits (default)")
@@ -190,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
-    args["cache"] = {"auto": None, "yes": True, "no": False}[args["cache"]]
+    for key in ("cache", "sync_bn"):
+        args[key] = {"auto": None, "yes": True, "no": False}[args[key]]
     try:
         result = train(TrainConfig(**args))
     except MedrayError as e:
