@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -63,7 +64,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-async def _closed_loop(url: str, body: bytes, headers: dict[str, str], concurrency: int,
+async def _closed_loop(url: str | list[str], body: bytes, headers: dict[str, str], concurrency: int,
                        seconds: float, warmup_s: float) -> tuple[list[float], int, float]:
     import aiohttp
 
@@ -74,11 +75,13 @@ async def _closed_loop(url: str, body: bytes, headers: dict[str, str], concurren
         start = time.perf_counter()
         measure_from, stop_at = start + warmup_s, start + warmup_s + seconds
 
-        async def client() -> None:
+        urls = [url] if isinstance(url, str) else url
+
+        async def client(target: str) -> None:
             nonlocal errors
             while (now := time.perf_counter()) < stop_at:
                 try:
-                    async with session.post(url, data=body, headers=headers) as r:
+                    async with session.post(target, data=body, headers=headers) as r:
                         await r.read()
                         ok = r.status == 200
                 except aiohttp.ClientError:
@@ -88,15 +91,66 @@ async def _closed_loop(url: str, body: bytes, headers: dict[str, str], concurren
                     latencies.append(done - now)
                     errors += not ok
 
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        # Several URLs (replicas serving HTTP themselves): clients spread over them, as a load balancer would.
+        await asyncio.gather(*(client(urls[i % len(urls)]) for i in range(concurrency)))
     return latencies, errors, seconds
 
 
-def run_load(server: str, url: str, body: bytes, headers: dict[str, str], concurrency: int,
+def run_load(server: str, url: str | list[str], body: bytes, headers: dict[str, str], concurrency: int,
              seconds: float, warmup_s: float) -> Result:
     latencies, errors, elapsed = asyncio.run(_closed_loop(url, body, headers, concurrency, seconds, warmup_s))
     return Result(server, concurrency, len(latencies), errors, elapsed,
                   percentile(latencies, 50) * 1e3, percentile(latencies, 99) * 1e3)
+
+
+# --- where the CPU goes: every process's CPU time over a point, grouped -------------------------
+
+def _process_group(proc: psutil.Process, names: dict[int, str]) -> str:
+    if proc.pid in names:
+        return names[proc.pid]
+    cmd = proc.cmdline()
+    first = cmd[0] if cmd else proc.name()
+    if first.startswith("ray::"):
+        return first.split()[0]  # the actor or task: ray::ProxyActor, ray::ServeReplica:app:Deployment, ...
+    text = " ".join(cmd)
+    for marker, group in (("raylet", "raylet"), ("gcs_server", "gcs_server"), ("dashboard/agent.py", "dashboard agent"),
+                          ("runtime_env/agent", "runtime-env agent"), ("dashboard/dashboard.py", "dashboard"),
+                          ("log_monitor", "log monitor"), ("monitor.py", "autoscaler monitor")):
+        if marker in text:
+            return group
+    return proc.name()
+
+
+def cpu_snapshot(names: dict[int, str]) -> dict[int, tuple[str, float]]:
+    """Every process's (group, user + system CPU seconds); ``names`` labels known pids."""
+    out = {}
+    for proc in psutil.process_iter():
+        try:
+            t = proc.cpu_times()
+            out[proc.pid] = (_process_group(proc, names), t.user + t.system)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return out
+
+
+def cpu_by_group(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each group spent between two snapshots (processes born in between count whole)."""
+    spent: dict[str, float] = {}
+    for pid, (group, seconds) in after.items():
+        spent[group] = spent.get(group, 0.0) + seconds - before.get(pid, (group, 0.0))[1]
+    return {g: s for g, s in sorted(spent.items(), key=lambda kv: -kv[1]) if s > 0}
+
+
+def measure_point(server: str, url: str | list[str], body: bytes, headers: dict[str, str], concurrency: int,
+                  seconds: float, warmup_s: float, names: dict[int, str]) -> tuple[Result, dict[str, float]]:
+    """One load point and the machine's CPU per successful answer by process group (ms), warm-up
+    included in neither (the snapshot is taken after a separate warm-up of the same length)."""
+    run_load(server, url, body, headers, concurrency, warmup_s, 0.0)
+    before = cpu_snapshot(names)
+    result = run_load(server, url, body, headers, concurrency, seconds, 0.0)
+    spent = cpu_by_group(before, cpu_snapshot(names))
+    answers = max(1, result.requests - result.errors)
+    return result, {g: 1e3 * s / answers for g, s in spent.items()}
 
 
 # --- the baseline: one uvicorn process, the same pipeline ------------------------------------
@@ -222,7 +276,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="one 128x128 CT instance, or a 20-instance series (multipart/related)")
     p.add_argument("--replicas", type=int, default=2, help="ingress replicas (the routine lane) of the medray service")
     p.add_argument("--proxy", default="EveryNode", choices=["EveryNode", "HeadOnly"])
+    p.add_argument("--throughput-optimized", action="store_true",
+                   help="start the cluster with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct ingress: each ingress "
+                        "replica serves HTTP on its own port, no proxy hop; user code on the replica's main "
+                        "loop); the clients spread over the replicas as a load balancer would")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--cpu-groups", type=int, default=8, help="process groups shown in the CPU breakdown")
     p.add_argument("--baseline-server", nargs=3, metavar=("REGISTRY", "REF", "PORT"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.baseline_server:
@@ -234,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # Serve logs to its files only (as in production), not to stderr as well.
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
+    if a.throughput_optimized:  # read by every Serve process of the cluster started below
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     results: list[Result] = []
+    cpu_ms: dict[tuple[str, int], dict[str, float]] = {}
+    targets: list[str] = []
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         root = Path(tmp)
         registry, ref, body, content_type = make_fixture(root, a.request)
@@ -245,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         import ray
 
         from medray.local_cluster import local_cluster
-        from workloads.diagnosis.local import run_local, stop_local
+        from workloads.diagnosis.local import http_targets, run_local, stop_local
 
         setup = medray_args(root, registry, a.replicas)
         port = free_port()
@@ -257,17 +320,26 @@ def main(argv: list[str] | None = None) -> int:
                 ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
                 url = run_local(setup["args"], proxy_location=a.proxy)
                 _wait_http(f"http://127.0.0.1:{port}/docs")
+                targets = http_targets(host="127.0.0.1") if a.throughput_optimized else [url]
+                for target in targets:
+                    _wait_http(f"{target}/healthz")
+                print(f"medray answers on {', '.join(targets)}", flush=True)
                 servers = {
                     "fastapi": (f"http://127.0.0.1:{port}/v1/diagnose", {"Content-Type": content_type}),
-                    "medray": (f"{url}/v1/diagnose",
+                    "medray": ([f"{u}/v1/diagnose" for u in targets] if a.throughput_optimized else
+                               f"{url}/v1/diagnose",
                                {"Content-Type": content_type, "Authorization": f"Bearer {setup['token']}"}),
                 }
+                names = {os.getpid(): "load client (this process)", baseline.pid: "fastapi server"}
                 try:
                     # Paired: both servers measured back to back at each point, so that a change
                     # in the machine's load affects both alike.
                     for c in a.concurrency:
                         for server, (target, headers) in servers.items():
-                            results.append(run_load(server, target, body, headers, c, a.seconds, a.warmup))
+                            result, cpu = measure_point(server, target, body, headers, c, a.seconds, a.warmup,
+                                                        names)
+                            results.append(result)
+                            cpu_ms[(server, c)] = cpu
                             print(results[-1], flush=True)
                 finally:
                     stop_local()
@@ -276,8 +348,12 @@ def main(argv: list[str] | None = None) -> int:
             baseline.wait(30)
 
     print_table(results, own, a)
+    print_cpu(cpu_ms, a.cpu_groups)
     if a.json:
-        Path(a.json).write_text(json.dumps({"model": own, "results": [vars(r) for r in results]}, indent=2))
+        Path(a.json).write_text(json.dumps({"model": own, "medray_targets": targets,
+                                            "results": [vars(r) for r in results],
+                                            "cpu_ms_per_answer": {f"{s} c={c}": v for (s, c), v in cpu_ms.items()}},
+                                           indent=2))
     return 0
 
 
@@ -285,7 +361,8 @@ def print_table(results: list[Result], own: dict[str, float], a: argparse.Namesp
     by = {(r.server, r.concurrency): r for r in results}
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"\nload average at the end (1, 5, 15 min): {load} on {os.cpu_count()} CPUs")
-    print(f"request: {a.request}; medray: {a.replicas} routine replicas, proxy {a.proxy}; "
+    mode = "throughput-optimized (direct ingress)" if a.throughput_optimized else f"proxy {a.proxy}"
+    print(f"request: {a.request}; medray: {a.replicas} routine replicas, {mode}; "
           f"{a.seconds:g} s per point after {a.warmup:g} s warm-up; model's own time {own['model_ms']:.1f} ms\n")
     print("| concurrency | server | req/s | p50 ms | p99 ms | errors | medray/fastapi req/s |")
     print("|---:|---|---:|---:|---:|---:|---:|")
@@ -297,6 +374,15 @@ def print_table(results: list[Result], own: dict[str, float], a: argparse.Namesp
     if 1 in a.concurrency:
         over = by[("medray", 1)].p50_ms - own["model_ms"]
         print(f"\nmedray p50 at concurrency 1 exceeds the model's own time by {over:.1f} ms (goal <= 5 ms)")
+
+
+def print_cpu(cpu_ms: dict[tuple[str, int], dict[str, float]], top: int) -> None:
+    """Per point: the machine's CPU ms per successful answer, total and by the busiest process groups."""
+    print(f"\nCPU ms per answer, all processes of the machine (top {top} groups; both servers stay up, "
+          "so each point includes the idle one's background):")
+    for (server, c), groups in cpu_ms.items():
+        shown = ", ".join(f"{g} {ms:.2f}" for g, ms in list(groups.items())[:top])
+        print(f"  {server:7} c={c:<3} total {sum(groups.values()):6.2f}: {shown}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any
 from workloads.diagnosis.app import APP_NAME, build_app, unwatch_lanes
 from workloads.diagnosis.config import DiagnosisArgs
 
-__all__ = ["free_port", "run_local", "stop_local"]
+__all__ = ["free_port", "http_targets", "run_local", "stop_local"]
 
 
 def free_port() -> int:
@@ -38,6 +38,23 @@ def run_local(args: dict[str, Any] | DiagnosisArgs, *, port: int | None = None,
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location=proxy_location)
     serve.run(build_app(args), name=APP_NAME, route_prefix="/")
     return f"http://127.0.0.1:{port}"
+
+
+def http_targets(app_name: str = APP_NAME, *, host: str | None = None) -> list[str]:
+    """Base URLs that take the app's HTTP traffic, as a load balancer in front of the cluster needs them.
+
+    Normally Serve's proxies. With Serve's direct ingress (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` or
+    ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1`` in the environment of every node, set before the cluster
+    starts) each ingress replica serves HTTP on its own port and these are the replicas: no proxy
+    hop, but the clients or a load balancer must spread over them (docs/diagnosis.md). ``host``
+    replaces the nodes' addresses, e.g. ``127.0.0.1`` for :func:`run_local`, which listens there.
+    """
+    import ray
+    from ray.serve.context import _get_global_client
+
+    groups = ray.get(_get_global_client()._controller.get_target_groups.remote(app_name))
+    return sorted({f"http://{host or t.ip}:{t.port}" for g in groups
+                   if str(getattr(g.protocol, "value", g.protocol)).upper() == "HTTP" for t in g.targets})
 
 
 def stop_local() -> None:
