@@ -195,8 +195,8 @@ class Engine:
         start = time.perf_counter()
         try:
             model = (await self.get_model(ref)).model
-            study = await asyncio.get_running_loop().run_in_executor(
-                self._read_pool, _prepare, instances, model, self._args)
+            # On the event loop: decoding holds the GIL, so a thread would add a hand-off, not overlap.
+            study = _prepare(instances, model, self._args)
             read_done = time.perf_counter()
             probability = await self._infer((ref, study.x))
         except DicomError as e:
