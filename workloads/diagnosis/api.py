@@ -29,6 +29,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from medray.audit import AuditError, AuditLog
 from medray.auth import AuthError, TokenFile
+from medray.dicom_series import read_instance
 from medray.errors import DicomError
 from medray.logs import get_logger
 from medray.metrics import counter, histogram
@@ -37,7 +38,7 @@ from workloads.diagnosis.config import LANES, PRIORITY_HEADER, REASON_STATUS, Di
 from workloads.diagnosis.deployments import Engine
 from workloads.diagnosis.fhir import FHIR_JSON, diagnostic_report
 from workloads.diagnosis.multipart import DICOM, BodyError, split_body
-from workloads.diagnosis.pipeline import peek
+from workloads.diagnosis.pipeline import routing_fields
 
 __all__ = ["fastapi_app", "DiagnosisAPI", "route_expert"]
 
@@ -166,7 +167,7 @@ class DiagnosisAPI:
         self._latency = histogram("diagnosis_latency_ms", "diagnosis request latency (ms)",
                                   (5, 10, 20, 50, 100, 200, 500, 1000, 5000), ("lane",))
 
-    async def _diagnose(self, lane: str, instances: list[bytes], ref: str) -> dict[str, Any]:
+    async def _diagnose(self, lane: str, instances: list[bytes], ref: str, first: Any) -> dict[str, Any]:
         if lane == "emergency":
             if ref not in self._emergency_handles:
                 self._emergency_handles[ref] = self._emergency.options(multiplexed_model_id=ref)
@@ -175,7 +176,7 @@ class DiagnosisAPI:
             raise _Reject(503, "overloaded", "the routine lane is at capacity: retry later", self._retry_after())
         self._routine_active += 1
         try:
-            return await self._engine.diagnose(instances, ref)
+            return await self._engine.diagnose(instances, ref, first)
         finally:
             self._routine_active -= 1
 
@@ -231,7 +232,9 @@ class DiagnosisAPI:
             record["lane"] = priority
             body = await _read_body(request, self._args.max_body_bytes)
             instances = split_body(request.headers.get("content-type"), body)
-            modality, body_part = peek(instances[0])
+            # Parsed once here (checks included), routed on, and handed to a routine diagnosis.
+            first = read_instance(instances[0], max_pixels=self._args.max_instance_pixels)
+            modality, body_part = routing_fields(first)
             routed = route_expert(self._engine.experts, modality, body_part)
             if routed is None:
                 # The study's own values are not quoted: they come from the input.
@@ -239,7 +242,7 @@ class DiagnosisAPI:
                               f"no model serves this study's modality and body part; served: {sorted(self._engine.experts)}")
             record["expert"], record["model"] = routed
             sent = time.perf_counter()
-            result = await self._diagnose(priority, instances, routed[1])
+            result = await self._diagnose(priority, instances, routed[1], first)
             lane_ms = (time.perf_counter() - sent) * 1e3
             if "error" in result:
                 status = 503 if result["error"] == "model_unavailable" else REASON_STATUS.get(result["error"], 500)

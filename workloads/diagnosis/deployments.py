@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from pydicom.dataset import Dataset
 from ray import serve
 
 from medray.errors import DicomError, MedrayError
@@ -186,8 +187,9 @@ class Engine:
         self.catalog_version, self.experts = version, experts
         await self._preload()
 
-    async def diagnose(self, instances: list[bytes], ref: str) -> dict[str, Any]:
-        """Read one series (the instances' bytes) and score it with model ``ref``.
+    async def diagnose(self, instances: list[bytes], ref: str, first: Dataset | None = None) -> dict[str, Any]:
+        """Read one series (the instances' bytes; ``first``: the first one already parsed) and score
+        it with model ``ref``.
 
         Returns the result, or ``{"error": reason, "message": …}`` for input that cannot be used;
         neither ever holds PHI.
@@ -196,7 +198,7 @@ class Engine:
         try:
             model = (await self.get_model(ref)).model
             # On the event loop: decoding holds the GIL, so a thread would add a hand-off, not overlap.
-            study = _prepare(instances, model, self._args)
+            study = _prepare(instances, model, self._args, first)
             read_done = time.perf_counter()
             probability = await self._infer((ref, study.x))
         except DicomError as e:
@@ -271,8 +273,8 @@ class Diagnoser:
         return await self._engine.diagnose(instances, serve.get_multiplexed_model_id())
 
 
-def _prepare(instances: list[bytes], model: LoadedModel, args: DiagnosisArgs) -> Any:
+def _prepare(instances: list[bytes], model: LoadedModel, args: DiagnosisArgs, first: Dataset | None) -> Any:
     if len(instances) > args.max_instances:
         raise DicomError("too_large", f"{len(instances)} instances in one request, above the limit of "
                                       f"{args.max_instances}: send the series in parts")
-    return prepare(instances, model.spec, max_pixels=args.max_instance_pixels)
+    return prepare(instances, model.spec, max_pixels=args.max_instance_pixels, first=first)

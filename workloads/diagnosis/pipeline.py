@@ -8,21 +8,19 @@ the same code.
 
 from __future__ import annotations
 
-import io
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
+from pydicom.dataset import Dataset
 
 from medray.dicom_series import read_instance, volume_from_datasets
-from medray.errors import ConfigError, DicomError
+from medray.errors import ConfigError
 from medray.imaging import InputSpec, normalize_volume
 from medray.registry import ModelManifest, load_state_dict
 
-__all__ = ["Study", "LoadedModel", "peek", "prepare", "load_model", "predict"]
+__all__ = ["Study", "LoadedModel", "routing_fields", "prepare", "load_model", "predict"]
 
 
 @dataclass(frozen=True)
@@ -49,34 +47,26 @@ class LoadedModel:
         return self.manifest.ref
 
 
-def peek(data: bytes) -> tuple[str, str]:
-    """(Modality, BodyPartExamined) of a DICOM file, upper-case, from its header alone.
+def routing_fields(ds: Dataset) -> tuple[str, str]:
+    """(Modality, BodyPartExamined) of a parsed instance (:func:`medray.dicom_series.read_instance`),
+    upper-case: what the ingress routes on.
 
-    Cheap enough for the ingress to route on; the full checks come later in :func:`prepare`.
     The values come from the input: compare them with known codes, never echo them (a malformed
     file can hold free text, even a name, there).
-    Raises DicomError("not_dicom") when the header cannot be read.
     """
-    # pydicom's warnings and errors can quote element values (PHI): keep them out of logs.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
-                                 specific_tags=["Modality", "BodyPartExamined"])
-            modality, body_part = ds.get("Modality", ""), ds.get("BodyPartExamined", "")
-        except Exception:
-            # Broad on purpose, as in medray.dicom_series.read_instance.
-            raise DicomError("not_dicom", "not a DICOM Part 10 file: send DICOM files only") from None
-    return str(modality or "").strip().upper(), str(body_part or "").strip().upper()
+    return (str(ds.get("Modality", "") or "").strip().upper(),
+            str(ds.get("BodyPartExamined", "") or "").strip().upper())
 
 
-def prepare(instances: Sequence[bytes], spec: InputSpec, *, max_pixels: int) -> Study:
+def prepare(instances: Sequence[bytes], spec: InputSpec, *, max_pixels: int, first: Dataset | None = None) -> Study:
     """Read, validate and stack ``instances`` (one series) and normalise them for ``spec``.
 
     Raises DicomError with a reason of medray.dicom_series.REASONS; ``max_pixels`` bounds each
     instance before anything is decoded (decompression bombs are refused as ``too_large``).
+    ``first``: the first instance already parsed by ``read_instance`` (the ingress routes on it).
     """
-    datasets = [read_instance(data, max_pixels=max_pixels) for data in instances]
+    datasets = [first if i == 0 and first is not None else read_instance(data, max_pixels=max_pixels)
+                for i, data in enumerate(instances)]
     volume = volume_from_datasets(datasets, allow_modalities=(spec.modality,))
     return Study(
         x=normalize_volume(volume.hu, volume.spacing_mm, spec),

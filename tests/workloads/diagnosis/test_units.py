@@ -6,10 +6,9 @@ import torch
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydantic import ValidationError
 
-from medray.dicom_series import REASONS
+from medray.dicom_series import REASONS, read_instance, volume_from_datasets
 from medray.errors import DicomError
 from medray.imaging import normalize_volume
-from medray.dicom_series import read_instance, volume_from_datasets
 from tests.workloads.diagnosis._dicom import ct_slice, series
 from tests.workloads.diagnosis.conftest import register_seeded
 from workloads.diagnosis.api import route_expert
@@ -17,7 +16,7 @@ from workloads.diagnosis.app import deployment_options
 from workloads.diagnosis.config import REASON_STATUS, DiagnosisArgs
 from workloads.diagnosis.fhir import diagnostic_report
 from workloads.diagnosis.multipart import BodyError, encode_series, split_body
-from workloads.diagnosis.pipeline import load_model, peek, predict, prepare
+from workloads.diagnosis.pipeline import load_model, predict, prepare, routing_fields
 
 PATHS = dict(registry="/srv/registry", tokens="/srv/tokens.json", audit_log="/srv/audit.jsonl")
 
@@ -113,11 +112,18 @@ def test_fhir_report_validates_as_r4_diagnostic_report(label):
     assert "subject" not in DiagnosticReport.model_validate(no_patient).model_dump(exclude_none=True)
 
 
-def test_peek_reads_routing_fields_and_refuses_non_dicom():
-    assert peek(ct_slice(modality="CT", body_part="CHEST ")) == ("CT", "CHEST")
+def test_routing_fields_come_from_the_parsed_first_instance_which_prepare_reuses(tmp_path):
+    data = ct_slice(modality="CT", body_part="CHEST ")
+    first = read_instance(data)
+    assert routing_fields(first) == ("CT", "CHEST")
     with pytest.raises(DicomError) as e:
-        peek(b"Quixby^Zelphine MRN-CANARY-90210" * 10)
+        read_instance(b"Quixby^Zelphine MRN-CANARY-90210" * 10)
     assert e.value.reason == "not_dicom" and "Quixby" not in str(e.value)
+    (tmp_path / "registry").mkdir()
+    model = load_model(tmp_path / "registry", register_seeded(tmp_path / "registry", seed=5))
+    again = prepare([data], model.spec, max_pixels=1 << 24)
+    reused = prepare([b"not parsed again"], model.spec, max_pixels=1 << 24, first=first)
+    assert np.array_equal(again.x, reused.x) and reused.series_uid == again.series_uid
 
 
 def test_pipeline_runs_the_medray_normalisation_and_is_deterministic(tmp_path):
