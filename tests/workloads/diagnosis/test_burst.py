@@ -23,7 +23,7 @@ from medray.broker import BrokerPolicy, broker_summary, serve_replicas, start_br
 from medray.roles import load_node_types
 from tests.workloads.research.conftest import write_training_data
 from workloads.diagnosis.app import APP_NAME
-from workloads.diagnosis.burst import BurstPlan, diagnosis_args, prepare_kit
+from workloads.diagnosis.burst import BurstPlan, PhaseResult, diagnosis_args, format_table, prepare_kit
 from workloads.diagnosis.config import PRIORITY_HEADER
 from workloads.diagnosis.local import run_local, stop_local
 from workloads.research.preemptible import submit
@@ -137,3 +137,18 @@ def test_the_burst_plan_rates():
     plan = replace(PLAN, before_s=10, burst_s=20, emergency_rps=1.5, burst_factor=10)
     assert [plan.rate("emergency", t) for t in (0, 9.9, 10, 29.9, 30)] == [1.5, 1.5, 15, 15, 1.5]
     assert plan.rate("routine", 15) == plan.routine_rps
+
+
+def test_the_table_names_the_p99_goal_only_when_the_static_partition_ran():
+    window = {"p50_ms": 40.0, "p99_ms": 90.0, "failed": 0, "requests": 10}
+    metrics = {"extra_replicas_serving_s": 8.0, "emergency_replicas_max": 4,
+               "emergency": {"before": window, "during": window, "after": window},
+               "routine": {"p50_ms": 50.0, "p99_ms": 120.0, "failed": 0}, "research_steps_in_burst": 3}
+
+    def phase(name: str, broker: bool) -> PhaseResult:
+        return PhaseResult(name, broker, 0.0, [], [], [], [], None, metrics=dict(metrics))
+
+    alone = format_table([phase("burst", True)], BurstPlan())
+    assert "static partition's" not in alone and "broker / static partition" not in alone
+    both = format_table([phase("static", False), phase("burst", True)], BurstPlan())
+    assert "p99 below the static partition's" in both and "broker / static partition: 1.00" in both
