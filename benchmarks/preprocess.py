@@ -124,8 +124,10 @@ def dicom_rows(work: Path, key: bytes, rows: int, patients: int, slices: int,
         workers_cpu = json.loads((out / "manifest.json").read_text())["run"]["worker_cpu_seconds"]
         runs.append(summary.seconds)
         run_cpus.append(driver_cpu + workers_cpu["scan"] + workers_cpu["series"])
-        print(f"  run {i + 1}: pipeline {summary.seconds:.2f} s ({run_cpus[-1]:.2f} s CPU), "
-              f"loop {loops[-1]:.2f} s ({loop_cpus[-1]:.2f} s CPU)", flush=True)
+        walls = json.loads((out / "manifest.json").read_text())["run"]["seconds"]
+        print(f"  run {i + 1}: pipeline {summary.seconds:.2f} s ({run_cpus[-1]:.2f} s CPU; "
+              + ", ".join(f"{k} {v:.2f}" for k, v in walls.items() if k != "total")
+              + f"), loop {loops[-1]:.2f} s ({loop_cpus[-1]:.2f} s CPU)", flush=True)
     print(summary.table(), flush=True)
     n, loop_s, run_s = len(files), min(loops), min(runs)
     loop_cpu, run_cpu = min(loop_cpus) / n * 1e3, min(run_cpus) / n * 1e3
