@@ -208,6 +208,16 @@ def _cheapest_order(shape: tuple[int, ...], out: tuple[int, ...]) -> tuple[int, 
     return min(itertools.permutations(range(len(shape))), key=cost)
 
 
+def _axis_product(matrix: np.ndarray, part: np.ndarray, axis: int) -> np.ndarray:
+    """``matrix`` (out x in) applied along ``axis`` of ``part``: one BLAS product per axis (or per
+    leading index), laid out so that no operand is transposed into a copy first."""
+    if axis == 0:
+        return (matrix @ part.reshape(part.shape[0], -1)).reshape((matrix.shape[0], *part.shape[1:]))
+    if axis == part.ndim - 1:
+        return part @ matrix.T
+    return matrix @ part  # broadcast over the leading axes
+
+
 def resample(
     volume: np.ndarray,
     spacing_mm: Sequence[float],
@@ -240,9 +250,7 @@ def resample(
             vol = vol[(slice(None),) * axis + (slice(keep.start, keep.stop),)]
             continue
         used, matrix = _axis_matrix(n, size[axis], keep)
-        # One matrix product (BLAS) per axis, over the input voxels the kept outputs need.
-        part = vol[(slice(None),) * axis + (used,)]
-        vol = np.moveaxis(np.tensordot(matrix, part, axes=(1, axis)), 0, axis)
+        vol = _axis_product(matrix, vol[(slice(None),) * axis + (used,)], axis)
     if any(p != (0, 0) for p in pads):
         vol = np.pad(vol, pads, constant_values=vol.min())
     return np.ascontiguousarray(vol, dtype=np.float32)
