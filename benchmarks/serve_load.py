@@ -284,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-groups", type=int, default=8, help="process groups shown in the CPU breakdown")
     p.add_argument("--baseline-server", nargs=3, metavar=("REGISTRY", "REF", "PORT"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.throughput_optimized:  # before Serve is imported here, and for every process of the cluster below
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     if a.baseline_server:
         registry, ref, port = a.baseline_server
         _serve_baseline(registry, ref, int(port))
@@ -293,8 +295,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # Serve logs to its files only (as in production), not to stderr as well.
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
-    if a.throughput_optimized:  # read by every Serve process of the cluster started below
-        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     results: list[Result] = []
     cpu_ms: dict[tuple[str, int], dict[str, float]] = {}
     targets: list[str] = []

@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from pydicom.dataset import Dataset
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
@@ -167,7 +168,7 @@ class DiagnosisAPI:
         self._latency = histogram("diagnosis_latency_ms", "diagnosis request latency (ms)",
                                   (5, 10, 20, 50, 100, 200, 500, 1000, 5000), ("lane",))
 
-    async def _diagnose(self, lane: str, instances: list[bytes], ref: str, first: Any) -> dict[str, Any]:
+    async def _diagnose(self, lane: str, instances: list[bytes], ref: str, first: Dataset) -> dict[str, Any]:
         if lane == "emergency":
             if ref not in self._emergency_handles:
                 self._emergency_handles[ref] = self._emergency.options(multiplexed_model_id=ref)

@@ -52,6 +52,7 @@ def http_targets(app_name: str = APP_NAME, *, host: str | None = None) -> list[s
     import ray
     from ray.serve.context import _get_global_client
 
+    # Serve has no public call for its target groups yet: this is the one its own proxies use.
     groups = ray.get(_get_global_client()._controller.get_target_groups.remote(app_name))
     return sorted({f"http://{host or t.ip}:{t.port}" for g in groups
                    if str(getattr(g.protocol, "value", g.protocol)).upper() == "HTTP" for t in g.targets})

@@ -71,9 +71,8 @@ def flip(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.
     if strength <= 0:
         return x
     chosen = torch.stack([torch.rand(x.shape[0], generator=generator) < strength / 2 for _ in range(3)])
-    masks = chosen
-    if x.device.type == "cuda":  # one copy that does not wait for the GPU's queue to drain
-        masks = chosen.pin_memory().to(x.device, non_blocking=True)
+    # On a GPU: one copy that does not wait for the GPU's queue to drain.
+    masks = chosen.pin_memory().to(x.device, non_blocking=True) if x.device.type == "cuda" else chosen
     for axis, any_chosen, mask in zip((2, 3, 4), chosen.any(dim=1).tolist(), masks):
         if any_chosen:
             x = torch.where(mask.view(-1, 1, 1, 1, 1), x.flip(axis), x)
@@ -256,7 +255,8 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
     model = build_model(config["model"]).to(device)
     memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    if world > 1 and device.type == "cuda" and use_sync_bn(cfg.sync_bn, max(1, cfg.batch_size // world)):
+    per_worker = max(1, cfg.batch_size // world)
+    if world > 1 and device.type == "cuda" and use_sync_bn(cfg.sync_bn, per_worker):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net: torch.nn.Module = model
     if world > 1:
@@ -286,7 +286,6 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
         step, skip = state.get("step", 0), state.get("epoch_steps", 0)
     starts = [*starts, start_epoch]
 
-    per_worker = max(1, cfg.batch_size // world)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     node_type = ray.get_runtime_context().get_node_labels().get(NODE_TYPE_LABEL, "unknown")
     # A simulated GPU (Ray reserved one, torch sees none) is given a real GPU's step time.
