@@ -96,7 +96,7 @@ class BurstPlan:
 
 
 # The demo's short burst: quick to lend and to give back (about 90 s with two Ray Train starts).
-DEMO_PLAN = BurstPlan(before_s=3.0, burst_s=10.0, after_s=2.0, after_max_s=45.0, downscale_delay_s=3.0,
+DEMO_PLAN = BurstPlan(before_s=3.0, burst_s=10.0, after_s=2.0, after_max_s=75.0, downscale_delay_s=3.0,
                       checkpoint_every=2, policy=BrokerPolicy(calm_s=2.0))
 
 
