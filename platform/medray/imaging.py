@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +22,11 @@ __all__ = [
     "InputSpec",
     "to_hu",
     "apply_window",
+    "SliceReader",
     "resample",
+    "resample_slices",
     "normalize_volume",
+    "normalize_slices",
 ]
 
 # name -> (center, width) in HU.
@@ -218,6 +221,54 @@ def _axis_product(matrix: np.ndarray, part: np.ndarray, axis: int) -> np.ndarray
     return matrix @ part  # broadcast over the leading axes
 
 
+SliceReader = Callable[[int], tuple[np.ndarray, float, float]]
+
+
+def resample_slices(
+    shape: Sequence[int],
+    read_slice: SliceReader,
+    spacing_mm: Sequence[float],
+    *,
+    target_spacing_mm: Sequence[float] | None = None,
+    target_shape: Sequence[int] | None = None,
+) -> np.ndarray:
+    """:func:`resample` of a volume given slice by slice, without building it in memory.
+
+    ``shape`` is the volume's ``(z, y, x)``; ``read_slice(i)`` returns slice ``i`` as ``(values,
+    slope, intercept)``, standing for ``values * slope + intercept`` (stored pixel values and their
+    rescale, or HU with 1 and 0). Only the slices the output needs are read, one at a time: each is
+    multiplied into the output slices it contributes to (the z filter), then the in-plane axes are
+    resampled and the intercepts added (every output voxel's weights sum to 1). Same arithmetic as
+    a volume in HU, up to float32 rounding.
+    """
+    vol_shape = _triple(shape, "shape", integer=True)
+    size, kept, pads = _plan(vol_shape, spacing_mm, target_spacing_mm, target_shape)
+    n, keep = vol_shape[0], kept[0]
+    if size[0] == n:  # no resampling along z: the kept slices as they are
+        used, matrix = slice(keep.start, keep.stop), np.eye(len(keep), dtype=np.float32)
+    else:
+        used, matrix = _axis_matrix(n, size[0], keep)
+    out = np.zeros((len(keep), *vol_shape[1:]), np.float32)
+    offsets = np.zeros(len(keep))
+    values = np.empty(vol_shape[1:], np.float32)
+    term = np.empty_like(values)
+    for i in range(used.start, used.stop):
+        weights = matrix[:, i - used.start]
+        targets = np.flatnonzero(weights)
+        if targets.size == 0:
+            continue
+        stored, slope, intercept = read_slice(i)
+        np.copyto(values, stored, casting="unsafe")
+        for k in targets:
+            np.multiply(values, np.float32(weights[k] * slope), out=term)
+            out[k] += term
+            offsets[k] += weights[k] * intercept
+    out = _resample_axes(out, size, kept, axes=(1, 2))
+    if offsets.any():
+        out += offsets.astype(np.float32)[:, None, None]
+    return _pad(out, pads)
+
+
 def resample(
     volume: np.ndarray,
     spacing_mm: Sequence[float],
@@ -233,24 +284,42 @@ def resample(
     that downsampling (e.g. 0.7 mm to 6 mm) averages rather than skips voxels and small structures
     are not lost to aliasing; otherwise it is interpolated linearly (trilinear overall). Only the
     output voxels that survive the crop are computed, from only the input voxels they need.
-    Padding uses the minimum of what is kept (air in CT).
+    Padding uses the minimum of what is kept (air in CT). Computed by :func:`resample_slices`.
     """
     vol = _as_volume(volume)
+    return resample_slices(vol.shape, lambda i: (vol[i], 1.0, 0.0), spacing_mm,
+                           target_spacing_mm=target_spacing_mm, target_shape=target_shape)
+
+
+def _plan(shape: tuple[int, int, int], spacing_mm: Sequence[float], target_spacing_mm: Sequence[float] | None,
+          target_shape: Sequence[int] | None) -> tuple[tuple[int, ...], tuple[range, ...], tuple[tuple[int, int], ...]]:
+    """Resampled size per axis, the outputs kept by the crop, and the padding after it."""
     spacing = _triple(spacing_mm, "spacing_mm")
     if target_spacing_mm is not None:
         target = _triple(target_spacing_mm, "target_spacing_mm")
-        size = tuple(max(1, round(n * s / t)) for n, s, t in zip(vol.shape, spacing, target))
+        size = tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target))
     else:
-        size = vol.shape
-    shape = _triple(target_shape, "target_shape", integer=True) if target_shape is not None else size
-    kept, pads = zip(*(_kept(have, want) for have, want in zip(size, shape)))
-    for axis in _cheapest_order(vol.shape, tuple(len(k) for k in kept)):
+        size = shape
+    want = _triple(target_shape, "target_shape", integer=True) if target_shape is not None else size
+    kept, pads = zip(*(_kept(have, w) for have, w in zip(size, want)))
+    return size, kept, pads
+
+
+def _resample_axes(vol: np.ndarray, size: tuple[int, ...], kept: tuple[range, ...],
+                   axes: tuple[int, ...]) -> np.ndarray:
+    """Resample ``axes`` of ``vol`` to ``size`` (their kept outputs only), cheapest order first."""
+    order = _cheapest_order(tuple(vol.shape[a] for a in axes), tuple(len(kept[a]) for a in axes))
+    for axis in (axes[i] for i in order):
         n, keep = vol.shape[axis], kept[axis]
         if size[axis] == n:  # no resampling along this axis: a crop at most
             vol = vol[(slice(None),) * axis + (slice(keep.start, keep.stop),)]
             continue
         used, matrix = _axis_matrix(n, size[axis], keep)
         vol = _axis_product(matrix, vol[(slice(None),) * axis + (used,)], axis)
+    return vol
+
+
+def _pad(vol: np.ndarray, pads: tuple[tuple[int, int], ...]) -> np.ndarray:
     if any(p != (0, 0) for p in pads):
         vol = np.pad(vol, pads, constant_values=vol.min())
     return np.ascontiguousarray(vol, dtype=np.float32)
@@ -261,7 +330,15 @@ def normalize_volume(hu: np.ndarray, spacing_mm: Sequence[float], spec: InputSpe
 
     Returns float32 ``(z, y, x)`` of exactly ``spec.shape``; values in [0, 1] unless the window is None.
     """
-    vol = resample(hu, spacing_mm, target_spacing_mm=spec.spacing_mm, target_shape=spec.shape)
+    vol = _as_volume(hu)
+    return normalize_slices(vol.shape, lambda i: (vol[i], 1.0, 0.0), spacing_mm, spec)
+
+
+def normalize_slices(shape: Sequence[int], read_slice: SliceReader, spacing_mm: Sequence[float],
+                     spec: InputSpec) -> np.ndarray:
+    """:func:`normalize_volume` of a volume given slice by slice (see :func:`resample_slices`)."""
+    vol = resample_slices(shape, read_slice, spacing_mm, target_spacing_mm=spec.spacing_mm,
+                          target_shape=spec.shape)
     if spec.window is None:
         return vol
     return apply_window(vol, spec.window)

@@ -23,6 +23,7 @@ from pydicom.uid import (
 
 from medray.dicom_series import REASONS, Volume, read_instance, sort_slices, volume_from_datasets
 from medray.errors import DicomError
+from medray.imaging import InputSpec
 
 PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "MRN-4711"
@@ -228,14 +229,16 @@ def test_huge_header_is_refused_before_decoding():
     assert_reason(excinfo, "too_large")
 
 
-def test_undecodable_codestream_is_reported_at_volume_time():
+def test_undecodable_codestream_is_reported_when_decoded():
     syntax = JPEG2000Lossless
     if not get_decoder(syntax).is_available:
         pytest.skip("no JPEG 2000 decoder installed")
     ds = read_instance(make_slice(0.0, syntax=syntax, pixel_data=encapsulate([b"\x00" * 64])))
-    with pytest.raises(DicomError) as excinfo:
-        volume_from_datasets([ds])
-    assert_reason(excinfo, "truncated")
+    volume = volume_from_datasets([ds])  # headers only: nothing decoded yet
+    for decode in (lambda: volume.hu, lambda: volume.normalized(InputSpec())):
+        with pytest.raises(DicomError) as excinfo:
+            decode()
+        assert_reason(excinfo, "truncated")
 
 
 def test_real_ct_file_reads_into_one_slice_volume():

@@ -1,8 +1,8 @@
 """The per-request work, outside any server: DICOM bytes -> model input -> probability.
 
 Everything here calls the one implementation in medray (``dicom_series`` to read and validate,
-``imaging.normalize_volume`` with the model's registered InputSpec, ``registry`` + ``models`` to
-load), so the service and the plain-FastAPI baseline of ``benchmarks/serve_load.py`` run exactly
+``Volume.normalized``, i.e. ``imaging.normalize_volume``, with the model's InputSpec, ``registry``
++ ``models`` to load), so the service and the plain-FastAPI baseline of ``benchmarks/serve_load.py`` run exactly
 the same code.
 """
 
@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 
 from medray.dicom_series import read_instance, volume_from_datasets
 from medray.errors import ConfigError
-from medray.imaging import InputSpec, normalize_volume
+from medray.imaging import InputSpec
 from medray.registry import ModelManifest, load_state_dict
 
 __all__ = ["Study", "LoadedModel", "routing_fields", "prepare", "load_model", "predict"]
@@ -69,7 +69,7 @@ def prepare(instances: Sequence[bytes], spec: InputSpec, *, max_pixels: int, fir
                 for i, data in enumerate(instances)]
     volume = volume_from_datasets(datasets, allow_modalities=(spec.modality,))
     return Study(
-        x=normalize_volume(volume.hu, volume.spacing_mm, spec),
+        x=volume.normalized(spec),
         study_uid=volume.study_uid,
         series_uid=volume.series_uid,
         patient_id=volume.patient_id,

@@ -6,9 +6,9 @@ Two steps, so that pixel data never travels through the object store and no glob
    up to Pixel Data) and returns the pseudonymous study and series UIDs that group it, or a
    quarantine record.
 2. :func:`process_series` reads one series' files, validates every instance and checks that
-   the profile can clean it, stacks them in Hounsfield units, normalises the volume with
-   :func:`medray.imaging.normalize_volume`, de-identifies the header it keeps (the first slice's)
-   and writes ``volumes/<pseudonymous series UID>.parquet``. The other instances' headers are
+   the profile can clean it, orders them by geometry, de-identifies the header it keeps (the
+   first slice's), normalises the volume (:meth:`medray.dicom_series.Volume.normalized`: Hounsfield
+   units, resampling and window, decoding only the slices the output needs) and writes ``volumes/<pseudonymous series UID>.parquet``. The other instances' headers are
    dropped unwritten, so they are checked but not cleaned.
 
 Policy for damaged series: when any instance of a series is refused, the whole series is
@@ -33,9 +33,10 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from medray.deid import DEID_REASONS, DeidOptions, check_deidentifiable, deidentify
-from medray.dicom_series import DEFAULT_MAX_PIXELS, REASONS, read_instance, sort_slices, volume_from_datasets
+from medray.dicom_parse import get_value
+from medray.dicom_series import DEFAULT_MAX_PIXELS, REASONS, read_instance, volume_from_datasets
 from medray.errors import DicomError
-from medray.imaging import InputSpec, normalize_volume
+from medray.imaging import InputSpec
 from medray.pseudonym import pseudo_uid
 from medray.safe_harbor import age_group
 from medray.shards import VOLUMES_DIR, VolumeRecord, build_table, window_name, write_shard
@@ -104,8 +105,9 @@ class Scanned:
 class SeriesResult:
     """What :func:`process_series` did with one series (no PHI).
 
-    ``seconds``: wall time per step (read, parse, deid, volume, normalise, header, write) and the
-    CPU time of the whole series (``cpu``).
+    ``seconds``: wall time per step (parse: reading and checking the headers; deid, volume,
+    normalise: decoding the pixel data the output needs; header, write) and the CPU time of the
+    whole series (``cpu``).
     """
 
     series_uid: str
@@ -215,14 +217,8 @@ def process_series(root: Path, series_uid: str, paths: Sequence[str], out: Path,
     patients: set[str] = set()
     for path in paths:
         try:
-            data = (root / path).read_bytes()
-        except OSError as e:
-            bad.append(_unreadable(path, e))
-            continue
-        lap("read")
-        try:
-            ds = read_instance(data, max_pixels=options.max_pixels)
-            if pseudo_uid(key, str(ds.get("SeriesInstanceUID", ""))) != series_uid:
+            ds = read_instance(root / path, max_pixels=options.max_pixels)
+            if pseudo_uid(key, str(get_value(ds, "SeriesInstanceUID", ""))) != series_uid:
                 raise DicomError("inconsistent_series", "the file's SeriesInstanceUID is not the one "
                                  "it was grouped by (changed since the scan?): re-run")
             lap("parse")
@@ -233,6 +229,8 @@ def process_series(root: Path, series_uid: str, paths: Sequence[str], out: Path,
             lap("deid")
         except DicomError as e:
             bad.append(Quarantined(path, e.reason, e.message))
+        except OSError as e:
+            bad.append(_unreadable(path, e))
     if bad:
         message = (f"{len(bad)} other instance(s) of this series were quarantined: the series is "
                    "incomplete; fix or re-export them and re-run")
@@ -249,14 +247,14 @@ def process_series(root: Path, series_uid: str, paths: Sequence[str], out: Path,
             warnings.simplefilter("ignore")
             volume = volume_from_datasets(datasets, allow_modalities=options.allow_modalities)
         lap("volume")
-        header = deidentify(sort_slices(datasets)[0], key, options.deid)
+        header = deidentify(volume.datasets[0], key, options.deid)
         lap("deid")
+        normalised = volume.normalized(options.spec)
+        lap("normalise")
     except DicomError as e:
         seconds["cpu"] = time.process_time() - cpu
         return SeriesResult(series_uid, False, len(paths),
                             tuple(Quarantined(p, e.reason, e.message) for p in paths), dict(seconds))
-    normalised = normalize_volume(volume.hu, volume.spacing_mm, options.spec)
-    lap("normalise")
     chars = options.deid.retain_patient_characteristics
     # Identifiers come from the de-identified header only: the Volume holds the originals.
     record = VolumeRecord(
@@ -267,7 +265,7 @@ def process_series(root: Path, series_uid: str, paths: Sequence[str], out: Path,
         body_part=volume.body_part,
         study_date=_study_date(header) if options.deid.retain_dates else None,
         n_instances=volume.n_instances,
-        source_shape=tuple(int(n) for n in volume.hu.shape),
+        source_shape=volume.shape,
         source_spacing_mm=volume.spacing_mm,
         spacing_mm=options.spec.spacing_mm,
         window=window_name(options.spec.window),

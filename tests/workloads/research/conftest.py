@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from medray.dicom_series import read_instance, volume_from_datasets
-from medray.imaging import InputSpec, normalize_volume
+from medray.imaging import InputSpec
 from medray.pseudonym import pseudo_uid, pseudonym
 from medray.shards import VOLUMES_DIR, VolumeRecord, build_table, window_name, write_parquet, write_shard
 from medray.synth import generate_cohort
@@ -52,11 +52,11 @@ def write_training_data(out: Path, *, patients: int, seed: int, shards: int = 4,
             body_part=volume.body_part,
             study_date=None,
             n_instances=volume.n_instances,
-            source_shape=volume.hu.shape,
+            source_shape=volume.shape,
             source_spacing_mm=volume.spacing_mm,
             spacing_mm=spec.spacing_mm,
             window=window_name(spec.window),
-            volume=normalize_volume(volume.hu, volume.spacing_mm, spec),
+            volume=volume.normalized(spec),
         ))
     prep = out / "prep"
     for i in range(shards):
