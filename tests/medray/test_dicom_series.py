@@ -23,7 +23,7 @@ from pydicom.uid import (
 
 from medray.dicom_series import REASONS, Volume, read_instance, sort_slices, volume_from_datasets
 from medray.errors import DicomError
-from medray.imaging import InputSpec
+from medray.imaging import InputSpec, normalize_volume
 
 PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "MRN-4711"
@@ -275,3 +275,22 @@ def test_uncompressed_pixel_data_decodes_as_pydicoms_decoder_does():
         assert got.dtype == expected.dtype and np.array_equal(got, expected), path
         checked += 1
     assert checked >= 5
+
+
+def test_normalized_decodes_only_the_slices_it_needs(tmp_path):
+    # 24 slices of 1 mm; the input spec keeps the 8 central 2 mm slices, i.e. input slices 4-19.
+    # 192 x 192 pixels lie past the header read, so pixel data stays in the files until used.
+    paths = write_series(tmp_path, [float(z) for z in range(24)], rows=192, columns=192)
+    spec = InputSpec(spacing_mm=(2.0, 3.0, 3.0), shape=(8, 48, 48), window="lung")
+    complete = volume_from_datasets([read_instance(p) for p in paths])
+    expected = complete.normalized(spec)
+    np.testing.assert_allclose(expected, normalize_volume(complete.hu, complete.spacing_mm, spec), atol=1e-6)
+
+    volume = volume_from_datasets([read_instance(p) for p in paths])
+    by_height = sorted(paths, key=lambda p: pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2])
+    for outer in by_height[:4] + by_height[-4:]:
+        outer.unlink()  # the slices outside the crop: never needed
+    np.testing.assert_array_equal(volume.normalized(spec), expected)
+    with pytest.raises(DicomError) as excinfo:
+        volume.hu  # the whole volume does need them
+    assert_reason(excinfo, "truncated")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from medray.errors import ConfigError
-from medray.imaging import WINDOWS, InputSpec, apply_window, normalize_volume, resample, to_hu
+from medray.imaging import WINDOWS, InputSpec, apply_window, normalize_volume, resample, resample_slices, to_hu
 
 
 def _centroid(vol: np.ndarray) -> np.ndarray:
@@ -131,3 +131,27 @@ def test_resample_box_averages_when_shrinking_by_two_or_more():
     assert out.shape == (2, 2, 5)
     np.testing.assert_allclose(out[0, 0, 0], (0 + 1 + 0.4 * 2) / 2.4, rtol=1e-6)
     np.testing.assert_allclose(out.mean(), vol.mean(), rtol=1e-6)  # a box filter keeps the mean
+
+
+@pytest.mark.parametrize("shape, spacing, target, want", [
+    ((48, 64, 64), (2.5, 6.0, 6.0), (6.0, 6.0, 6.0), (16, 64, 64)),  # z shrinks, then a crop
+    ((10, 40, 40), (5.0, 2.0, 2.0), (6.0, 6.0, 6.0), (16, 12, 12)),  # z interpolated, then padded
+    ((7, 30, 20), (1.0, 1.0, 1.0), None, None),                     # nothing to do
+])
+def test_resample_slices_equals_resample_of_the_hu_volume(shape, spacing, target, want):
+    stored = np.random.default_rng(3).integers(-2000, 3000, shape).astype(np.int16)
+    slopes = np.linspace(0.5, 1.5, shape[0])  # a rescale per slice, as DICOM allows
+    hu = np.stack([to_hu(stored[i], slopes[i], -1024.0) for i in range(shape[0])])
+    read = []
+
+    def read_slice(i):
+        read.append(i)
+        return stored[i], slopes[i], -1024.0
+
+    got = resample_slices(shape, read_slice, spacing, target_spacing_mm=target, target_shape=want)
+    expected = resample(hu, spacing, target_spacing_mm=target, target_shape=want)
+    assert got.shape == expected.shape and got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_allclose(got, expected, atol=2e-3)  # float32 rounding of HU in the thousands
+    assert len(read) == len(set(read))  # each slice read once, in order, and only when needed
+    if shape[0] == 48:  # 48 x 2.5 mm -> 20 x 6 mm, 16 kept: the slices of the 2 outer ones are skipped
+        assert 0 not in read and shape[0] - 1 not in read and len(read) < shape[0]

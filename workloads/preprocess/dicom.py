@@ -52,6 +52,7 @@ from workloads.preprocess.runs import (
     node_type_here,
     pipeline_parser,
     placement,
+    refresh_budgets_promptly,
     read_manifest,
     write_manifest,
     write_quarantine,
@@ -239,6 +240,7 @@ def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
     if out == root or root in out.parents:
         raise ConfigError("the output must not lie inside the input: it would be read as input next time")
     chosen = placement()
+    refresh_budgets_promptly()
     concurrency = options.concurrency or default_concurrency(chosen)
     files = list_files(root)
     # Only now, with the arguments and the cluster checked, is a previous output touched.

@@ -40,6 +40,7 @@ from workloads.preprocess.runs import (
     node_type_here,
     pipeline_parser,
     placement,
+    refresh_budgets_promptly,
     read_manifest,
     write_manifest,
 )
@@ -146,6 +147,7 @@ def preprocess_emr(input: str | Path, output: str | Path, *, key: bytes,
     if out == root or root in out.parents:
         raise ConfigError("the output must not lie inside the input: it would be read as input next time")
     chosen = placement()
+    refresh_budgets_promptly()
     concurrency = concurrency or default_concurrency(chosen)
     files = [f for f in list_files(root) if PurePosixPath(f).suffix in _SUFFIXES]
     mapped = [f for f in files if _table_name(f) in mapping.tables]

@@ -31,6 +31,7 @@ __all__ = [
     "placement",
     "default_concurrency",
     "map_options",
+    "refresh_budgets_promptly",
     "node_type_here",
     "list_files",
     "write_quarantine",
@@ -121,6 +122,26 @@ def map_options(chosen: Placement, concurrency: int) -> dict[str, Any]:
         options["fallback_strategy"] = [{"label_selector": {**base, NODE_TYPE_LABEL: name}}
                                         for name in others]
     return options
+
+
+# Ray Data (2.60) sizes each operator's CPU budget from the reservation its cluster autoscaler
+# holds, which starts empty and is re-read once a second: for its first second every operator runs
+# one task at a time, half of a 2-second run. The reservation arrives with the first scheduling
+# step, so re-reading it every 0.1 s lets short runs use the prep nodes at once.
+_BUDGET_REFRESH_S = 0.1
+
+
+def refresh_budgets_promptly() -> None:
+    """Make Ray Data in this process re-read its resource budget every 0.1 s instead of every 1 s.
+
+    Measured on the 2-core machine: a 1,536-slice DICOM run takes 1.4-1.6 s instead of 1.9 s.
+    The knob is private to Ray Data; where a Ray release no longer has it, this does nothing.
+    """
+    from ray.data._internal.execution import resource_manager
+
+    manager = getattr(resource_manager, "ResourceManager", None)
+    if manager is not None and hasattr(manager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S"):
+        manager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = min(manager.GLOBAL_LIMITS_UPDATE_INTERVAL_S, _BUDGET_REFRESH_S)
 
 
 def node_type_here() -> str:

@@ -5,11 +5,12 @@ Two steps, so that pixel data never travels through the object store and no glob
 1. :func:`scan_file` reads the start of a file (:mod:`workloads.preprocess.sniff`, or pydicom
    up to Pixel Data) and returns the pseudonymous study and series UIDs that group it, or a
    quarantine record.
-2. :func:`process_series` reads one series' files, validates every instance and checks that
-   the profile can clean it, orders them by geometry, de-identifies the header it keeps (the
-   first slice's), normalises the volume (:meth:`medray.dicom_series.Volume.normalized`: Hounsfield
-   units, resampling and window, decoding only the slices the output needs) and writes ``volumes/<pseudonymous series UID>.parquet``. The other instances' headers are
-   dropped unwritten, so they are checked but not cleaned.
+2. :func:`process_series` reads one series' headers, validates every instance and checks that
+   the profile can clean it, orders them by geometry, normalises the volume
+   (:meth:`medray.dicom_series.Volume.normalized`: Hounsfield units, resampling and window,
+   decoding only the slices the output needs), de-identifies the header it keeps (the first
+   slice's) and writes ``volumes/<pseudonymous series UID>.parquet``. The other instances'
+   headers are dropped unwritten, so they are checked but not cleaned.
 
 Policy for damaged series: when any instance of a series is refused, the whole series is
 quarantined (a partial volume would be silently wrong): the bad files with their own reason, the
@@ -247,10 +248,10 @@ def process_series(root: Path, series_uid: str, paths: Sequence[str], out: Path,
             warnings.simplefilter("ignore")
             volume = volume_from_datasets(datasets, allow_modalities=options.allow_modalities)
         lap("volume")
-        header = deidentify(volume.datasets[0], key, options.deid)
-        lap("deid")
         normalised = volume.normalized(options.spec)
         lap("normalise")
+        header = deidentify(volume.datasets[0], key, options.deid)  # in place: after decoding
+        lap("deid")
     except DicomError as e:
         seconds["cpu"] = time.process_time() - cpu
         return SeriesResult(series_uid, False, len(paths),

@@ -3,61 +3,35 @@
 Grouping every file of an export into series only needs two top-level elements, which sit near
 the start of the file. Parsing the header with pydicom costs more than the rest of the scan; this
 reads the first 64 KiB and walks the top-level elements of the one encoding almost every archive
-writes (Explicit VR Little Endian), skipping values by their lengths, so nested sequence items
-can never be mistaken for top-level UIDs. Anything else (another transfer syntax, an element of
-undefined length before the UIDs, a header longer than the bytes read, any inconsistency) returns
-None, and the caller falls back to pydicom. The series step re-checks every instance's UIDs
+writes (Explicit VR Little Endian) with :func:`medray.dicom_parse.walk`, stepping over values by
+their lengths (sequences of undefined length through pydicom's sequence reader), so nested
+sequence items can never be mistaken for top-level UIDs. Anything else (another transfer syntax,
+a header longer than the bytes read, any inconsistency) returns None, and the caller falls back
+to pydicom. The series step re-checks every instance's UIDs
 after a full parse, so a wrong answer here cannot put a file in the wrong series unnoticed.
 """
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
+
+from medray.dicom_parse import EXPLICIT_VR_LITTLE_ENDIAN, text, walk
 
 __all__ = ["sniff_series"]
 
 _HEAD_BYTES = 64 * 1024
 _PREAMBLE = 128
-_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 _TRANSFER_SYNTAX = 0x00020010
 _STUDY_UID = 0x0020000D
 _SERIES_UID = 0x0020000E
-_UNDEFINED = 0xFFFFFFFF
-# VRs whose length field is 4 bytes, after 2 reserved bytes (PS3.5 7.1.2).
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
-                       b"UR", b"UT", b"UV"})
-_HEADER = struct.Struct("<HH2s")
-_SHORT = struct.Struct("<H")
-_LONG = struct.Struct("<I")
 
 
-def _text(value: bytes) -> str:
-    return value.decode("ascii", "replace").strip(" \0")
-
-
-def _walk(head: bytes, pos: int, last_tag: int) -> dict[int, bytes] | None:
-    """Top-level values up to ``last_tag`` (inclusive) from ``pos``; None when it cannot tell."""
-    values: dict[int, bytes] = {}
-    end = len(head)
-    while pos + 8 <= end:
-        group, element, vr = _HEADER.unpack_from(head, pos)
-        tag = group << 16 | element
-        if vr in _LONG_VRS:
-            if pos + 12 > end:
-                return None
-            (length,) = _LONG.unpack_from(head, pos + 8)
-            pos += 12
-        else:
-            (length,) = _SHORT.unpack_from(head, pos + 6)
-            pos += 8
-        if length == _UNDEFINED or pos + length > end:
-            return None  # a sequence of undefined length, or a value past what was read
-        values[tag] = head[pos:pos + length]
-        pos += length
-        if tag >= last_tag:
-            return values
-    return None
+def _values(head: bytes, pos: int, last_tag: int) -> dict[int, bytes] | None:
+    """Top-level raw values from ``pos`` up to ``last_tag`` (inclusive); None when unsure."""
+    walked = walk(head, pos, last_tag=last_tag)
+    if walked is None:
+        return None
+    return {tag: getattr(elem, "value", b"") for tag, elem in walked[0].items()}
 
 
 def sniff_series(path: Path) -> tuple[str, str] | None:
@@ -72,15 +46,15 @@ def sniff_series(path: Path) -> tuple[str, str] | None:
         return None
     if head[_PREAMBLE:_PREAMBLE + 4] != b"DICM":
         return None
-    meta = _walk(head, _PREAMBLE + 4, _TRANSFER_SYNTAX)
-    if meta is None or _text(meta.get(_TRANSFER_SYNTAX, b"")) != _EXPLICIT_VR_LE:
+    meta = _values(head, _PREAMBLE + 4, _TRANSFER_SYNTAX)
+    if meta is None or text(meta.get(_TRANSFER_SYNTAX)) != EXPLICIT_VR_LITTLE_ENDIAN:
         return None
     group_length = meta.get(0x00020000)
-    if group_length is None or len(group_length) != 4:
+    if not isinstance(group_length, bytes) or len(group_length) != 4:
         return None
-    start = _PREAMBLE + 4 + 12 + _LONG.unpack(group_length)[0]  # (0002,0000) is 12 bytes long
-    values = _walk(head, start, _SERIES_UID)
+    start = _PREAMBLE + 4 + 12 + int.from_bytes(group_length, "little")  # (0002,0000) is 12 bytes long
+    values = _values(head, start, _SERIES_UID)
     if values is None:
         return None
-    study, series = _text(values.get(_STUDY_UID, b"")), _text(values.get(_SERIES_UID, b""))
+    study, series = text(values.get(_STUDY_UID)), text(values.get(_SERIES_UID))
     return (study, series) if study and series else None

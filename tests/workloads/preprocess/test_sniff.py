@@ -60,8 +60,16 @@ def test_unusual_files_are_left_to_pydicom(tmp_path):
     assert sniff_series(tmp_path / "text.dcm") is None
     assert sniff_series(tmp_path / "missing.dcm") is None
 
-    def undefined_length(ds: Dataset) -> None:
-        ds.ReferencedImageSequence = Sequence([Dataset()])
-        ds["ReferencedImageSequence"].is_undefined_length = True
 
-    assert sniff_series(write(tmp_path, "undefined.dcm", undefined_length)) is None
+
+def test_sequences_of_undefined_length_are_stepped_over(tmp_path):
+    def undefined_length(ds: Dataset) -> None:
+        item = Dataset()
+        item.SeriesInstanceUID = "9.9.9"
+        ds.ReferencedImageSequence = Sequence([item])  # (0008,1140): before the UIDs
+        ds["ReferencedImageSequence"].is_undefined_length = True
+        item.is_undefined_length_sequence_item = True
+
+    path = write(tmp_path, "undefined.dcm", undefined_length)
+    assert b"\xff\xff\xff\xff" in path.read_bytes()  # written with undefined lengths indeed
+    assert sniff_series(path) == ("1.2.3.10", "1.2.3.20")
