@@ -370,7 +370,13 @@ class BrokerCore:
 def _run_entrypoint(entrypoint: str, config: dict[str, Any], run_id: str, resume_from: str | None) -> Any:
     module, _, name = entrypoint.partition(":")
     fn = getattr(importlib.import_module(module), name)
-    return fn(config, run_id=run_id, resume_from=resume_from)
+    # Ray reuses worker processes: the answer "yield" cached for an earlier attempt of this run in
+    # this process must not make the resumed attempt stop at its first step.
+    _polls.pop(run_id, None)
+    try:
+        return fn(config, run_id=run_id, resume_from=resume_from)
+    finally:
+        _polls.pop(run_id, None)
 
 
 _run_task = ray.remote(_run_entrypoint)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import ray
 
+from medray import broker as broker_module
 from medray.broker import (
     BrokerCore,
     BrokerPolicy,
@@ -139,6 +140,18 @@ def test_summary_formats_for_status():
 def test_helpers_without_a_broker_are_harmless():
     assert yield_requested("nobody") is False
     report_checkpoint("nobody", 1)  # no broker: nothing to tell, no error
+
+
+def poll_once(config, *, run_id, resume_from):
+    return yield_requested(run_id)
+
+
+def test_a_resumed_attempt_does_not_inherit_the_yield_answer_of_the_last_one():
+    # The attempt that yielded ran in this (reused) worker process: its poll still says "yield".
+    broker_module._polls["study-z"] = broker_module._Poll(answer=True, at=time.monotonic() + 3600)
+    assert yield_requested("study-z") is True
+    assert broker_module._run_entrypoint("tests.medray.test_broker:poll_once", {}, "study-z", "ckpt") is False
+    assert "study-z" not in broker_module._polls
 
 
 # On the real cluster --------------------------------------------------------------------------
