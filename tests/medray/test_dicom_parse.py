@@ -94,6 +94,10 @@ def test_pixel_data_is_left_in_the_file_until_asked_for(tmp_path, cohort_files):
     assert len(buffer) == elem.length and bytes(first) == pydicom.dcmread(cohort_files[0]).PixelData
     second = pixel_data(read_part10(cohort_files[1]), buffer)
     assert second.obj is buffer and bytes(second) == pydicom.dcmread(cohort_files[1]).PixelData
+    larger = read_part10(write(tmp_path / "larger.dcm", rows=256))
+    third = pixel_data(larger, buffer)  # the buffer must grow while `second` still views it
+    assert bytes(third) == pydicom.dcmread(tmp_path / "larger.dcm").PixelData
+    assert bytes(second) == pydicom.dcmread(cohort_files[1]).PixelData  # untouched
 
 
 def test_sequences_private_tags_and_long_headers(tmp_path):
