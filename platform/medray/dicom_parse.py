@@ -11,8 +11,8 @@ are read by pydicom's own sequence reader, as ``dcmread`` does.
 Anything else returns None and the caller reads the file with pydicom, which also decides why a
 bad file is bad: no 'DICM' preamble, another transfer syntax (compressed pixel data included), a
 value running past the end of the data, an unknown VR, a delimiter where an element should be,
-any parse error. :func:`walk` is the element walker itself, also used on a file's first
-kilobytes to find the UIDs that group it.
+any parse error. :func:`walk` is the element walker itself and :func:`read_meta` the File Meta
+check, also used on a file's first kilobytes to find the UIDs that group it.
 
 :func:`get_value` reads one attribute the way ``Dataset.get`` does, but decodes the few plain
 encodings that header checks and geometry use (US, IS, DS, and single-valued CS, UI, AS, DA)
@@ -32,7 +32,6 @@ from typing import Any
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_sequence
@@ -45,6 +44,7 @@ __all__ = [
     "parse_part10",
     "pixel_data",
     "pixel_data_length",
+    "read_meta",
     "read_part10",
     "text",
     "walk",
@@ -136,6 +136,20 @@ def walk(data: bytes, pos: int, *, stop_group: int | None = None, last_tag: int 
     return elements, pos
 
 
+def read_meta(data: bytes) -> tuple[dict[int, RawDataElement | DataElement], int] | None:
+    """The File Meta elements of a Part 10 file's start and where its dataset begins; None unless
+    it has the 'DICM' preamble and its transfer syntax is Explicit VR Little Endian."""
+    if data[_PREAMBLE:_META_START] != b"DICM":
+        return None
+    meta = walk(data, _META_START, stop_group=0x0002)
+    if meta is None:
+        return None
+    transfer_syntax = meta[0].get(_TRANSFER_SYNTAX)
+    if not isinstance(transfer_syntax, RawDataElement) or text(transfer_syntax.value) != EXPLICIT_VR_LITTLE_ENDIAN:
+        return None
+    return meta
+
+
 def parse_part10(data: bytes, *, path: str | None = None, file_size: int | None = None,
                  ) -> FileDataset | None:
     """The dataset ``pydicom.dcmread`` would return for ``data``, or None (read it with pydicom).
@@ -143,18 +157,12 @@ def parse_part10(data: bytes, *, path: str | None = None, file_size: int | None 
     With ``path`` and ``file_size``, ``data`` may be the file's start only (see :func:`walk`);
     the dataset then names ``path``, from which pydicom reads a deferred Pixel Data on access.
     """
-    if data[_PREAMBLE:_META_START] != b"DICM":
-        return None
     size = len(data) if file_size is None else file_size
     try:
-        meta = walk(data, _META_START, stop_group=0x0002)
+        meta = read_meta(data)
         if meta is None:
             return None
         meta_elements, start = meta
-        transfer_syntax = meta_elements.get(_TRANSFER_SYNTAX)
-        if not isinstance(transfer_syntax, RawDataElement) or \
-                text(transfer_syntax.value) != EXPLICIT_VR_LITTLE_ENDIAN:
-            return None
         body = walk(data, start, file_size=size if path is not None else None)
         if body is None or body[1] != size:
             return None
@@ -253,7 +261,6 @@ def _ascii(value: bytes) -> str | None:
 
 _RAW_READERS = {"US": _unsigned_shorts, "IS": _integers, "DS": _decimals, "CS": _ascii, "UI": _ascii,
                 "AS": _ascii, "DA": _ascii}
-_TAGS: dict[str, int] = {}
 
 
 def get_value(ds: Dataset, keyword: str, default: Any = None) -> Any:
@@ -263,10 +270,7 @@ def get_value(ds: Dataset, keyword: str, default: Any = None) -> Any:
     anything not plain (implicit VR, big endian, multi-valued text, other VRs) go through
     pydicom, which then behaves as ``ds.get`` always does.
     """
-    tag = _TAGS.get(keyword)
-    if tag is None:
-        tag = _TAGS.setdefault(keyword, tag_for_keyword(keyword))
-    elem = ds.get_item(tag)
+    elem = ds.get_item(keyword)
     if elem is None:
         return default
     if isinstance(elem, RawDataElement) and not elem.is_implicit_VR and elem.is_little_endian:

@@ -175,13 +175,20 @@ def test_not_dicom(tmp_path):
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.99])
-def test_truncated(tmp_path, keep):
-    data = make_slice(0.0, rows=64, columns=64)
+@pytest.mark.parametrize("rows", [64, 256])  # 256: pixel data past the header read of a path
+def test_truncated(tmp_path, keep, rows):
+    data = make_slice(0.0, rows=rows, columns=rows)
     path = tmp_path / f"{PATIENT_ID}.dcm"
     path.write_bytes(data[: int(len(data) * keep)])
-    with pytest.raises(DicomError) as excinfo:
-        read_instance(path)
-    assert_reason(excinfo, "truncated")
+    for source in (path, path.read_bytes()):
+        with pytest.raises(DicomError) as excinfo:
+            read_instance(source)
+        assert_reason(excinfo, "truncated")
+
+
+def test_a_missing_path_is_an_oserror():
+    with pytest.raises(OSError):
+        read_instance(f"/nonexistent/{PATIENT_ID}.dcm")
 
 
 def test_truncated_encapsulated_pixel_data():

@@ -2,8 +2,8 @@
 
 Everything here calls the one implementation in medray (``dicom_series`` to read and validate,
 ``Volume.normalized``, i.e. ``imaging.normalize_volume``, with the model's InputSpec, ``registry``
-+ ``models`` to load), so the service and the plain-FastAPI baseline of ``benchmarks/serve_load.py`` run exactly
-the same code.
+and ``models`` to load), so the service and the plain-FastAPI baseline of
+``benchmarks/serve_load.py`` run exactly the same code.
 """
 
 from __future__ import annotations

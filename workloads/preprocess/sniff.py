@@ -15,23 +15,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medray.dicom_parse import EXPLICIT_VR_LITTLE_ENDIAN, text, walk
+from medray.dicom_parse import read_meta, text, walk
 
 __all__ = ["sniff_series"]
 
 _HEAD_BYTES = 64 * 1024
-_PREAMBLE = 128
-_TRANSFER_SYNTAX = 0x00020010
 _STUDY_UID = 0x0020000D
 _SERIES_UID = 0x0020000E
-
-
-def _values(head: bytes, pos: int, last_tag: int) -> dict[int, bytes] | None:
-    """Top-level raw values from ``pos`` up to ``last_tag`` (inclusive); None when unsure."""
-    walked = walk(head, pos, last_tag=last_tag)
-    if walked is None:
-        return None
-    return {tag: getattr(elem, "value", b"") for tag, elem in walked[0].items()}
 
 
 def sniff_series(path: Path) -> tuple[str, str] | None:
@@ -44,17 +34,10 @@ def sniff_series(path: Path) -> tuple[str, str] | None:
             head = f.read(_HEAD_BYTES)
     except OSError:
         return None
-    if head[_PREAMBLE:_PREAMBLE + 4] != b"DICM":
+    meta = read_meta(head)
+    walked = walk(head, meta[1], last_tag=_SERIES_UID) if meta is not None else None
+    if walked is None:
         return None
-    meta = _values(head, _PREAMBLE + 4, _TRANSFER_SYNTAX)
-    if meta is None or text(meta.get(_TRANSFER_SYNTAX)) != EXPLICIT_VR_LITTLE_ENDIAN:
-        return None
-    group_length = meta.get(0x00020000)
-    if not isinstance(group_length, bytes) or len(group_length) != 4:
-        return None
-    start = _PREAMBLE + 4 + 12 + int.from_bytes(group_length, "little")  # (0002,0000) is 12 bytes long
-    values = _values(head, start, _SERIES_UID)
-    if values is None:
-        return None
-    study, series = text(values.get(_STUDY_UID)), text(values.get(_SERIES_UID))
+    values = walked[0]
+    study, series = (text(getattr(values.get(tag), "value", b"")) for tag in (_STUDY_UID, _SERIES_UID))
     return (study, series) if study and series else None
