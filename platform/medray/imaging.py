@@ -236,10 +236,11 @@ def resample_slices(
 
     ``shape`` is the volume's ``(z, y, x)``; ``read_slice(i)`` returns slice ``i`` as ``(values,
     slope, intercept)``, standing for ``values * slope + intercept`` (stored pixel values and their
-    rescale, or HU with 1 and 0). Only the slices the output needs are read, one at a time: each is
-    multiplied into the output slices it contributes to (the z filter), then the in-plane axes are
-    resampled and the intercepts added (every output voxel's weights sum to 1). Same arithmetic as
-    a volume in HU, up to float32 rounding.
+    rescale, or HU with 1 and 0). Only the slices the output needs are read, once each and in
+    order: each is multiplied into the output slices it contributes to (the z filter), and an
+    output slice is resampled in-plane as soon as its last input is in, so that only a few
+    full-resolution slices are held at a time; the intercepts are added last (every output
+    voxel's weights sum to 1). Same arithmetic as a volume in HU, up to float32 rounding.
     """
     vol_shape = _triple(shape, "shape", integer=True)
     size, kept, pads = _plan(vol_shape, spacing_mm, target_spacing_mm, target_shape)
@@ -248,22 +249,35 @@ def resample_slices(
         used, matrix = slice(keep.start, keep.stop), np.eye(len(keep), dtype=np.float32)
     else:
         used, matrix = _axis_matrix(n, size[0], keep)
-    out = np.zeros((len(keep), *vol_shape[1:]), np.float32)
+    steps = _axes_plan(vol_shape[1:], size[1:], kept[1:])
+    out = np.zeros((len(keep), len(kept[1]), len(kept[2])), np.float32)
     offsets = np.zeros(len(keep))
-    values = np.empty(vol_shape[1:], np.float32)
-    term = np.empty_like(values)
+    # The last input slice of each output slice: once it is in, that output slice is complete.
+    last = np.full(len(keep), -1)
+    rows, columns = np.nonzero(matrix)
+    np.maximum.at(last, rows, columns + used.start)
+    open_: dict[int, np.ndarray] = {}  # output slice -> its full-resolution sum so far
+    spare: list[np.ndarray] = []
+    term = np.empty(vol_shape[1:], np.float32)
     for i in range(used.start, used.stop):
         weights = matrix[:, i - used.start]
         targets = np.flatnonzero(weights)
         if targets.size == 0:
             continue
         stored, slope, intercept = read_slice(i)
-        np.copyto(values, stored, casting="unsafe")
         for k in targets:
-            np.multiply(values, np.float32(weights[k] * slope), out=term)
-            out[k] += term
+            factor = np.float32(weights[k] * slope)
+            total = open_.get(k)
+            if total is None:
+                total = open_[k] = spare.pop() if spare else np.empty(vol_shape[1:], np.float32)
+                np.multiply(stored, factor, out=total, dtype=np.float32, casting="unsafe")
+            else:
+                np.multiply(stored, factor, out=term, dtype=np.float32, casting="unsafe")
+                total += term
             offsets[k] += weights[k] * intercept
-    out = _resample_axes(out, size, kept, axes=(1, 2))
+            if last[k] == i:
+                out[k] = _apply_axes(open_.pop(k), steps)
+                spare.append(total)
     if offsets.any():
         out += offsets.astype(np.float32)[:, None, None]
     return _pad(out, pads)
@@ -305,17 +319,57 @@ def _plan(shape: tuple[int, int, int], spacing_mm: Sequence[float], target_spaci
     return size, kept, pads
 
 
-def _resample_axes(vol: np.ndarray, size: tuple[int, ...], kept: tuple[range, ...],
-                   axes: tuple[int, ...]) -> np.ndarray:
-    """Resample ``axes`` of ``vol`` to ``size`` (their kept outputs only), cheapest order first."""
-    order = _cheapest_order(tuple(vol.shape[a] for a in axes), tuple(len(kept[a]) for a in axes))
-    for axis in (axes[i] for i in order):
-        n, keep = vol.shape[axis], kept[axis]
+# Outputs are computed in groups whose inputs span about this many voxels: a box filter's matrix
+# is mostly zeros, and a product of its dense rows would cost (input size / band) times more.
+_BAND_SPAN = 64
+
+_Band = tuple[slice, slice, np.ndarray]  # output rows, the input voxels they use, their weights
+_Step = tuple[int, slice, "list[_Band] | None"]
+
+
+def _bands(matrix: np.ndarray) -> list[_Band]:
+    """``matrix`` (out x in, non-zeros along a band) as consecutive groups of output rows, each
+    with the input range it reads and the dense weights there."""
+    nonzero = matrix != 0
+    lo = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), 0)
+    hi = np.where(nonzero.any(axis=1), matrix.shape[1] - nonzero[:, ::-1].argmax(axis=1), 1)
+    bands, start = [], 0
+    for row in range(1, len(matrix) + 1):
+        if row == len(matrix) or hi[row] - lo[start] > _BAND_SPAN:
+            cols = slice(int(lo[start:row].min()), int(hi[start:row].max()))
+            bands.append((slice(start, row), cols, np.ascontiguousarray(matrix[start:row, cols])))
+            start = row
+    return bands
+
+
+def _axes_plan(shape: Sequence[int], size: Sequence[int], kept: Sequence[range]) -> list[_Step]:
+    """How to resample the axes of an array of ``shape`` to ``size`` (their ``kept`` outputs
+    only), cheapest order first: ``(axis, input slice, bands or None for a crop)`` per axis."""
+    order = _cheapest_order(tuple(shape), tuple(len(k) for k in kept))
+    steps: list[_Step] = []
+    for axis in order:
+        n, keep = shape[axis], kept[axis]
         if size[axis] == n:  # no resampling along this axis: a crop at most
-            vol = vol[(slice(None),) * axis + (slice(keep.start, keep.stop),)]
+            steps.append((axis, slice(keep.start, keep.stop), None))
+        else:
+            used, matrix = _axis_matrix(n, size[axis], keep)
+            steps.append((axis, used, _bands(matrix)))
+    return steps
+
+
+def _apply_axes(vol: np.ndarray, steps: Sequence[_Step]) -> np.ndarray:
+    """The resampling :func:`_axes_plan` planned, applied to ``vol``."""
+    for axis, used, bands in steps:
+        lead = (slice(None),) * axis
+        part = vol[lead + (used,)]
+        if bands is None:
+            vol = part
             continue
-        used, matrix = _axis_matrix(n, size[axis], keep)
-        vol = _axis_product(matrix, vol[(slice(None),) * axis + (used,)], axis)
+        shape = list(part.shape)
+        shape[axis] = bands[-1][0].stop
+        vol = np.empty(shape, np.float32)
+        for rows, cols, weights in bands:
+            vol[lead + (rows,)] = _axis_product(weights, part[lead + (cols,)], axis)
     return vol
 
 

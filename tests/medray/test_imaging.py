@@ -133,6 +133,35 @@ def test_resample_box_averages_when_shrinking_by_two_or_more():
     np.testing.assert_allclose(out.mean(), vol.mean(), rtol=1e-6)  # a box filter keeps the mean
 
 
+def _reference_axis(values: np.ndarray, m: int) -> np.ndarray:
+    """Resampling of the last axis to ``m`` by definition, one output voxel at a time (float64)."""
+    n = values.shape[-1]
+    scale = n / m
+    out = np.empty(values.shape[:-1] + (m,))
+    for j in range(m):
+        if n >= 2 * m:  # box: each input voxel weighted by its overlap with the output voxel
+            lo, hi = j * scale, (j + 1) * scale
+            w = np.clip(np.minimum(np.arange(n) + 1, hi) - np.maximum(np.arange(n), lo), 0, None)
+            out[..., j] = values @ (w / scale)
+        else:  # linear between voxel centres, edges clamped
+            src = min(max((j + 0.5) * scale - 0.5, 0.0), n - 1)
+            i = int(np.floor(src))
+            frac = src - i
+            out[..., j] = values[..., i] * (1 - frac) + values[..., min(i + 1, n - 1)] * frac
+    return out
+
+
+@pytest.mark.parametrize("n, m", [(300, 37), (517, 64), (300, 200), (90, 250)])
+def test_resample_of_long_axes_matches_the_definition(n, m):
+    # Long axes are computed in bands of output voxels: each band must see all the inputs it needs.
+    vol = np.random.default_rng(n).normal(0, 500, (2, 3, n)).astype(np.float32)
+    got = resample(vol, (1, 1, 1), target_spacing_mm=(1, 1, n / m))
+    assert got.shape == (2, 3, m)
+    np.testing.assert_allclose(got, _reference_axis(vol.astype(np.float64), m), rtol=1e-4, atol=1e-2)
+    along_y = resample(vol.transpose(0, 2, 1), (1, 1, 1), target_spacing_mm=(1, n / m, 1))
+    np.testing.assert_allclose(along_y, got.transpose(0, 2, 1), rtol=1e-5, atol=1e-3)
+
+
 @pytest.mark.parametrize("shape, spacing, target, want", [
     ((48, 64, 64), (2.5, 6.0, 6.0), (6.0, 6.0, 6.0), (16, 64, 64)),  # z shrinks, then a crop
     ((10, 40, 40), (5.0, 2.0, 2.0), (6.0, 6.0, 6.0), (16, 12, 12)),  # z interpolated, then padded
