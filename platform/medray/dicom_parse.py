@@ -23,6 +23,7 @@ straight from the raw bytes: pydicom's conversion and validation of such a value
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import os
 import struct
@@ -32,6 +33,7 @@ from typing import Any
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_sequence
@@ -167,12 +169,10 @@ def parse_part10(data: bytes, *, path: str | None = None, file_size: int | None 
         if body is None or body[1] != size:
             return None
         elements = body[0]
-        dataset = Dataset(elements)
         charset = elements.get(_SPECIFIC_CHARACTER_SET)
         encoding = default_encoding if charset is None else convert_encodings(
             convert_string(charset.value or b"", True))
-        dataset.set_original_encoding(False, True, encoding)
-        ds = FileDataset(path if path is not None else io.BytesIO(data), dataset, data[:_PREAMBLE],
+        ds = FileDataset(path if path is not None else io.BytesIO(data), elements, data[:_PREAMBLE],
                          FileMetaDataset(meta_elements), False, True)
         ds.set_original_encoding(False, True, encoding)
     except Exception:  # broad on purpose: whatever surprises this reader, pydicom decides
@@ -263,6 +263,13 @@ _RAW_READERS = {"US": _unsigned_shorts, "IS": _integers, "DS": _decimals, "CS": 
                 "AS": _ascii, "DA": _ascii}
 
 
+@functools.cache
+def _tag(keyword: str) -> BaseTag | None:
+    """The tag of a keyword (None if unknown): pydicom's own lookup costs a few us per call."""
+    number = tag_for_keyword(keyword)
+    return None if number is None else BaseTag(number)
+
+
 def get_value(ds: Dataset, keyword: str, default: Any = None) -> Any:
     """``ds.get(keyword, default)``, reading plain raw values without pydicom's conversion.
 
@@ -270,7 +277,8 @@ def get_value(ds: Dataset, keyword: str, default: Any = None) -> Any:
     anything not plain (implicit VR, big endian, multi-valued text, other VRs) go through
     pydicom, which then behaves as ``ds.get`` always does.
     """
-    elem = ds.get_item(keyword)
+    tag = _tag(keyword)
+    elem = ds.get_item(keyword if tag is None else tag)
     if elem is None:
         return default
     if isinstance(elem, RawDataElement) and not elem.is_implicit_VR and elem.is_little_endian:
