@@ -247,7 +247,7 @@ def _sorted_geometry(datasets: Sequence[Dataset]) -> tuple[list[Dataset], np.nda
             "an instance lacks a valid ImagePositionPatient or ImageOrientationPatient, so slices "
             "cannot be ordered by geometry: re-export the series",
         )
-    if not all(np.allclose(o, orientations[0], atol=_ORIENTATION_ATOL) for o in orientations):
+    if not np.allclose(np.stack(orientations), orientations[0], atol=_ORIENTATION_ATOL):
         raise DicomError(
             "inconsistent_series",
             "instances have different ImageOrientationPatient: split the series by orientation",
@@ -425,11 +425,11 @@ def volume_from_datasets(
         if rows is None or columns is None:
             raise DicomError("no_pixel_data", "Rows and Columns must be positive integers: re-export the image")
         pixel_spacings = [_floats(ds, "PixelSpacing", 2) for ds in datasets]
-        if any(p is None or (p <= 0).any() for p in pixel_spacings):
+        if any(p is None for p in pixel_spacings) or (np.stack(pixel_spacings) <= 0).any():
             raise DicomError(
                 "inconsistent_series", "an instance lacks a valid PixelSpacing: re-export the series"
             )
-        if not all(np.allclose(p, pixel_spacings[0], atol=_PIXEL_SPACING_ATOL_MM) for p in pixel_spacings):
+        if not np.allclose(np.stack(pixel_spacings), pixel_spacings[0], atol=_PIXEL_SPACING_ATOL_MM):
             raise DicomError("inconsistent_series", "instances have different PixelSpacing: split the series")
 
         if len(datasets) == 1:
