@@ -13,6 +13,7 @@ instances are rejected as ``unsupported_modality``.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import warnings
@@ -172,6 +173,15 @@ def _read_with_pydicom(data: bytes) -> Dataset:
     return ds
 
 
+@functools.cache
+def _decodable(syntax: UID) -> bool:
+    """Whether the installed packages can decode pixel data of this transfer syntax (asked once)."""
+    try:
+        return get_decoder(syntax).is_available
+    except NotImplementedError:  # no decoder exists for this syntax at all
+        return False
+
+
 def read_instance(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
     """Parse one DICOM Part 10 file (bytes or a path) and check that its pixel data can be used.
 
@@ -214,11 +224,7 @@ def read_instance(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_P
         )
 
     syntax = UID(str(get_value(ds.file_meta, "TransferSyntaxUID", "")))
-    try:
-        decodable = get_decoder(syntax).is_available
-    except NotImplementedError:  # no decoder exists for this syntax at all
-        decodable = False
-    if not decodable:
+    if not _decodable(syntax):
         name = syntax.name if syntax.is_transfer_syntax else "an unknown or missing transfer syntax"
         raise DicomError(
             "unsupported_transfer_syntax",

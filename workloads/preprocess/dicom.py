@@ -71,8 +71,9 @@ __all__ = ["DicomOptions", "Summary", "preprocess_dicom", "main"]
 PIPELINE = "workloads.preprocess.dicom"
 _log = get_logger("preprocess.dicom")
 # Few, long tasks: each Ray Data task costs tens of milliseconds to schedule on a busy node.
+# 6,144 slices in 128 series on 2 cores: 16 series a block took 3.9 s, 8 took 4.3 s (and 3, 4.7 s).
 _FILES_PER_SCAN_BLOCK = 2048
-_SERIES_PER_BLOCK = 8
+_SERIES_PER_BLOCK = 16
 _MAX_SERIES_BLOCKS = 1000
 
 _SCAN_SCHEMA = pa.schema([
