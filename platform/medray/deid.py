@@ -97,6 +97,7 @@ _CATEGORY_ACTIONS = {
 }
 
 _PATIENT_ID_TAG = 0x00100020
+_PLAIN_TEXT = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")  # printable ASCII but the backslash
 _BIRTH_DATE_TAG = 0x00100030
 _AGE_TAG = 0x00101010
 # PS3.15 Table E.1-1, column "Rtn. Pat. Chars. Opt." = K (those marked C hold free text: removed).
@@ -385,9 +386,15 @@ def check_deidentifiable(ds: Dataset) -> str:
             "accepted only with BurnedInAnnotation = NO: review the pixels and set it",
         )
     patient_id = ds.get_item(_PATIENT_ID_TAG)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mrn = str(ds[_PATIENT_ID_TAG].value or "").strip() if patient_id is not None else ""
+    raw = getattr(patient_id, "value", None)
+    if isinstance(raw, bytes) and _PLAIN_TEXT.fullmatch(raw):
+        # Printable ASCII without a value delimiter reads the same in every character set
+        # pydicom knows: skip its conversion (the pseudonyms and date shifts hang on this value).
+        mrn = raw.decode("ascii").strip()
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mrn = str(ds[_PATIENT_ID_TAG].value or "").strip() if patient_id is not None else ""
     if not mrn:
         raise DicomError(
             "missing_patient_id",

@@ -71,6 +71,22 @@ _HEADER = struct.Struct("<HH2sH")
 _LONG = struct.Struct("<I")
 
 
+# One BaseTag object per tag number, shared by every dataset this module builds: a dict lookup
+# whose key is the very object stored finds it by identity, without calling BaseTag.__eq__ (a
+# Python method). Bounded, so that files full of distinct private tags cannot grow it forever.
+_TAGS: dict[int, BaseTag] = {}
+_MAX_SHARED_TAGS = 4096
+
+
+def _shared_tag(number: int) -> BaseTag:
+    tag = _TAGS.get(number)
+    if tag is None:
+        tag = BaseTag(number)
+        if len(_TAGS) < _MAX_SHARED_TAGS:
+            _TAGS[number] = tag
+    return tag
+
+
 def text(value: bytes | None) -> str:
     """A raw text value without its padding (spaces or NUL)."""
     return (value or b"").decode("ascii", "replace").strip(" \0")
@@ -90,7 +106,7 @@ def walk(data: bytes, pos: int, *, stop_group: int | None = None, last_tag: int 
     elements: dict[int, RawDataElement | DataElement] = {}
     encoding: str | MutableSequence[str] = default_encoding
     end = len(data)
-    unpack, new_tuple = _HEADER.unpack_from, tuple.__new__
+    unpack, new_tuple, tags = _HEADER.unpack_from, tuple.__new__, _TAGS
     while pos + 8 <= end:
         group, element, vr, length = unpack(data, pos)
         if stop_group is not None and group > stop_group:
@@ -99,7 +115,9 @@ def walk(data: bytes, pos: int, *, stop_group: int | None = None, last_tag: int 
         if group == _ITEM_GROUP or name is None:
             return None
         number = group << 16 | element
-        tag = BaseTag(number)
+        tag = tags.get(number)
+        if tag is None:
+            tag = _shared_tag(number)
         if vr in _LONG_VRS:
             if pos + 12 > end:
                 return None
@@ -269,7 +287,7 @@ _RAW_READERS = {"US": _unsigned_shorts, "IS": _integers, "DS": _decimals, "CS": 
 def _tag(keyword: str) -> BaseTag | None:
     """The tag of a keyword (None if unknown): pydicom's own lookup costs a few us per call."""
     number = tag_for_keyword(keyword)
-    return None if number is None else BaseTag(number)
+    return None if number is None else _shared_tag(number)
 
 
 def get_value(ds: Dataset, keyword: str, default: Any = None) -> Any:

@@ -18,6 +18,7 @@ from medray.deid import (
     deidentify,
     method_description,
 )
+from medray.dicom_parse import parse_part10
 from medray.dicom_series import REASONS
 from medray.errors import DicomError
 from medray.pseudonym import date_shift_days, pseudo_uid, pseudonym
@@ -249,3 +250,35 @@ def saved_plain(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, implicit_vr=False, little_endian=True)
     return buffer.getvalue()
+
+
+@pytest.mark.parametrize("charset, patient_id", [
+    (None, "MRN-77"),
+    (None, "  MRN 77 ~[]{}  "),       # read raw: printable ASCII
+    (None, "MRN\\77"),                 # a value delimiter: pydicom's conversion decides
+    ("ISO_IR 100", "Müller-77"),       # not ASCII: pydicom decodes it with the character set
+    ("ISO_IR 13", "MRN~77"),           # JIS X 0201 (shift_jis) reads printable ASCII the same
+    (None, "   "),                     # blank: refused either way
+])
+def test_the_patient_id_read_raw_equals_pydicoms_reading(charset, patient_id):
+    # The MRN keys every pseudonym and date shift: the raw shortcut must never change it.
+    ds = patient_dataset(PatientID=patient_id)
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    data = saved(ds)
+    raw = parse_part10(data)
+    assert raw is not None and isinstance(raw.get_item("PatientID").value, bytes)
+    converted = pydicom.dcmread(io.BytesIO(data))
+    converted.PatientID  # noqa: B018 - convert the value, as before the shortcut
+    outcomes = []
+    for candidate in (raw, converted):
+        try:
+            outcomes.append(check_deidentifiable(candidate))
+        except DicomError as e:
+            outcomes.append(e.reason)
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0] == (patient_id.strip() or "missing_patient_id") or "\\" in patient_id

@@ -156,3 +156,23 @@ def test_get_value_reads_as_dataset_get_does(tmp_path, cohort_files):
                     assert float(got) == float(expected)
     assert get_value(datasets[-1], "SliceThickness") == "abc"  # left to pydicom, as ds.get gives
     assert get_value(datasets[0], "RescaleSlope") == 1.5 and get_value(datasets[0], "Rows") == 192
+
+
+def test_tags_are_shared_between_files_but_never_without_bound(tmp_path, monkeypatch):
+    from medray import dicom_parse
+
+    monkeypatch.setattr(dicom_parse, "_TAGS", {})
+    first, second = read_part10(write(tmp_path / "a.dcm")), read_part10(write(tmp_path / "b.dcm"))
+    shared = {id(t) for t in first.keys()} & {id(t) for t in second.keys()}
+    assert len(shared) == len(first.keys())  # one BaseTag object per tag number
+
+    def private_flood(ds: Dataset) -> None:  # more distinct tags than are ever shared
+        for block in range(0x11, 0x11 + 24):
+            ds.add_new(0x00090000 | block, "LO", f"VENDOR{block}")  # the block's private creator
+            for element in range(256):
+                ds.add_new(0x00090000 | block << 8 | element, "SS", element)
+
+    flooded = read_part10(write(tmp_path / "flood.dcm", private_flood))
+    assert flooded is not None and len(flooded) > dicom_parse._MAX_SHARED_TAGS
+    assert_same(flooded, pydicom.dcmread(tmp_path / "flood.dcm"))
+    assert len(dicom_parse._TAGS) <= dicom_parse._MAX_SHARED_TAGS
