@@ -52,8 +52,8 @@ from workloads.preprocess.runs import (
     node_type_here,
     pipeline_parser,
     placement,
-    refresh_budgets_promptly,
     read_manifest,
+    start_tasks_at_once,
     write_manifest,
     write_quarantine,
 )
@@ -241,7 +241,6 @@ def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
     if out == root or root in out.parents:
         raise ConfigError("the output must not lie inside the input: it would be read as input next time")
     chosen = placement()
-    refresh_budgets_promptly()
     concurrency = options.concurrency or default_concurrency(chosen)
     files = list_files(root)
     # Only now, with the arguments and the cluster checked, is a previous output touched.
@@ -253,7 +252,8 @@ def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
     scanned = pa.table({n: pa.array([], t) for n, t in zip(_SCAN_SCHEMA.names, _SCAN_SCHEMA.types)})
     if files:
         blocks = min(len(files), max(concurrency, math.ceil(len(files) / _FILES_PER_SCAN_BLOCK)))
-        scan = ray.data.from_items([{"path": p} for p in files], override_num_blocks=blocks)
+        scan = start_tasks_at_once(ray.data.from_items([{"path": p} for p in files],
+                                                        override_num_blocks=blocks))
         scan = scan.map_batches(_scan_batch, batch_format="pyarrow", batch_size=None,
                                 fn_kwargs={"root": str(root), "key": key},
                                 **map_options(chosen, min(concurrency, blocks)))
@@ -272,7 +272,7 @@ def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
                      max(2 * concurrency, math.ceil(len(todo) / _SERIES_PER_BLOCK)))
         # Largest series first, dealt round-robin so that every block gets a fair share.
         dealt = [u for b in range(blocks) for u in todo[b::blocks]]
-        work = ray.data.from_items(dealt, override_num_blocks=blocks)
+        work = start_tasks_at_once(ray.data.from_items(dealt, override_num_blocks=blocks))
         work = work.map_batches(_series_batch, batch_format="pyarrow", batch_size=1,
                                 fn_kwargs={"root": str(root), "out": str(out), "key": key,
                                            "options": options},

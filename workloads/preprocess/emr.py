@@ -40,8 +40,8 @@ from workloads.preprocess.runs import (
     node_type_here,
     pipeline_parser,
     placement,
-    refresh_budgets_promptly,
     read_manifest,
+    start_tasks_at_once,
     write_manifest,
 )
 
@@ -147,7 +147,6 @@ def preprocess_emr(input: str | Path, output: str | Path, *, key: bytes,
     if out == root or root in out.parents:
         raise ConfigError("the output must not lie inside the input: it would be read as input next time")
     chosen = placement()
-    refresh_budgets_promptly()
     concurrency = concurrency or default_concurrency(chosen)
     files = [f for f in list_files(root) if PurePosixPath(f).suffix in _SUFFIXES]
     mapped = [f for f in files if _table_name(f) in mapping.tables]
@@ -160,7 +159,8 @@ def preprocess_emr(input: str | Path, output: str | Path, *, key: bytes,
 
     parts: list[dict[str, Any]] = []
     if mapped:
-        work = ray.data.from_items([{"path": f} for f in mapped], override_num_blocks=len(mapped))
+        work = start_tasks_at_once(ray.data.from_items([{"path": f} for f in mapped],
+                                                        override_num_blocks=len(mapped)))
         work = work.map_batches(_emr_batch, batch_format="pyarrow", batch_size=1,
                                 fn_kwargs={"root": str(root), "out": str(out), "key": key,
                                            "mapping": mapping},

@@ -18,6 +18,7 @@ from medray.pseudonym import key_id, pseudo_uid, pseudonym
 from medray.shards import shard_files
 from tests.workloads.preprocess.helpers import PATIENTS, ROWS, SLICES, copy_dicom
 from workloads.preprocess.dicom import DicomOptions, preprocess_dicom
+from workloads.preprocess.runs import start_tasks_at_once
 from workloads.preprocess.series import QUARANTINE_REASONS
 
 PREP_NODE_TYPES = {"cpu-prep", "bulk-prep"}
@@ -159,3 +160,14 @@ def test_hounsfield_units_match_a_hand_computed_slice(cohort, key, tmp_path, ray
     volume = np.asarray(row["volume"], dtype=np.float32).reshape(SLICES, ROWS, ROWS)
     np.testing.assert_allclose(volume[6], by_hand, atol=1e-3)  # slices ascend with z: index 6
     assert row["window"] == "none" and row["source_spacing_mm"] == list(source_spacing)
+
+
+def test_start_tasks_at_once_changes_only_its_own_dataset(ray_cluster):
+    import ray.data
+
+    ds = start_tasks_at_once(ray.data.from_items([{"x": 1}]))
+    other = ray.data.from_items([{"x": 1}])
+    assert ds.context.op_resource_reservation_enabled is False
+    assert ds.map_batches(lambda b: b).context.op_resource_reservation_enabled is False
+    assert other.context.op_resource_reservation_enabled is True
+    assert ray.data.DataContext.get_current().op_resource_reservation_enabled is True
