@@ -268,8 +268,11 @@ def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
 
     results: list[dict[str, Any]] = []
     if todo:
+        # Small runs get one block per task slot. Ray Data notices a finished task up to 0.1 s late
+        # (its scheduling loop waits that long for the running ones), so a second, queued block per
+        # slot made 1,536 slices on 2 cores take 0.99 s instead of 0.87 s (medians of 10 runs).
         blocks = min(len(todo), _MAX_SERIES_BLOCKS,
-                     max(2 * concurrency, math.ceil(len(todo) / _SERIES_PER_BLOCK)))
+                     max(concurrency, math.ceil(len(todo) / _SERIES_PER_BLOCK)))
         # Largest series first, dealt round-robin so that every block gets a fair share.
         dealt = [u for b in range(blocks) for u in todo[b::blocks]]
         work = start_tasks_at_once(ray.data.from_items(dealt, override_num_blocks=blocks))
