@@ -142,7 +142,7 @@ def walk(data: bytes, pos: int, *, stop_group: int | None = None, last_tag: int 
         else:
             if pos + length > end:
                 if number == _PIXEL_DATA and vr in (b"OB", b"OW") and pos + length == file_size:
-                    elements[tag] = RawDataElement(tag, _VR_NAMES[vr], length, None, pos, False, True)
+                    elements[tag] = RawDataElement(tag, name, length, None, pos, False, True)
                     return elements, file_size
                 return None
             value = data[pos:pos + length] if length else empty_value_for_VR(name, raw=True)

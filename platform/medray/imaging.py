@@ -254,8 +254,8 @@ def resample_slices(
     offsets = np.zeros(len(keep))
     # The last input slice of each output slice: once it is in, that output slice is complete.
     last = np.full(len(keep), -1)
-    rows, columns = np.nonzero(matrix)
-    np.maximum.at(last, rows, columns + used.start)
+    outputs, inputs = np.nonzero(matrix)
+    np.maximum.at(last, outputs, inputs + used.start)
     open_: dict[int, np.ndarray] = {}  # output slice -> its full-resolution sum so far
     spare: list[np.ndarray] = []
     term = np.empty(vol_shape[1:], np.float32)
