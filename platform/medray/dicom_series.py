@@ -173,7 +173,7 @@ def _read_with_pydicom(data: bytes) -> Dataset:
     return ds
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)  # bounded: the syntax comes from the file, any string at all
 def _decodable(syntax: UID) -> bool:
     """Whether the installed packages can decode pixel data of this transfer syntax (asked once)."""
     try:

@@ -224,6 +224,16 @@ def test_unsupported_transfer_syntax(syntax):
     assert_reason(excinfo, "unsupported_transfer_syntax")
 
 
+def test_made_up_transfer_syntaxes_are_refused_and_not_remembered_without_bound():
+    from medray import dicom_series
+
+    for i in range(100):  # a file's transfer syntax can be any string: each is asked about once
+        with pytest.raises(DicomError) as excinfo:
+            read_instance(make_slice(0.0, syntax=f"1.2.3.999.{i}", pixel_data=encapsulate([b"\x00" * 64])))
+        assert_reason(excinfo, "unsupported_transfer_syntax")
+    assert dicom_series._decodable.cache_info().currsize <= 64
+
+
 def test_huge_header_is_refused_before_decoding():
     # A compressed "bomb": a few bytes of pixel data declaring 60000 x 60000 pixels.
     data = make_slice(0.0, rows=60000, columns=60000, syntax=JPEG2000Lossless,
