@@ -61,6 +61,17 @@ def test_writes_are_reproducible_and_leave_no_temporary_files(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.parquet"]
 
 
+def test_volumes_are_byte_stream_split_and_other_columns_dictionary_encoded(tmp_path):
+    write_shard(build_table([record(0), record(1)], SPEC), tmp_path / "x.parquet")
+    meta = pq.ParquetFile(tmp_path / "x.parquet").metadata.row_group(0)
+    chunks = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    volume = chunks[f"{VOLUME}.list.element"]
+    assert "BYTE_STREAM_SPLIT" in volume.encodings and not volume.has_dictionary_page
+    assert not volume.is_stats_set  # min/max of voxels help no reader
+    series = chunks["series_uid"]
+    assert series.has_dictionary_page and series.is_stats_set
+
+
 def test_schema_check_refuses_other_versions_and_columns():
     schema = volume_schema(SPEC)
     with pytest.raises(ShardSchemaError, match="version 99"):

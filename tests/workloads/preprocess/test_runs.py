@@ -1,0 +1,37 @@
+"""The pipelines' shared driver helpers (no cluster needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from medray.errors import ConfigError
+from workloads.preprocess.runs import list_files
+
+
+def test_list_files_finds_every_regular_file_recursively_and_sorted(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    for rel in ("b.dcm", "a/IM0001", "a/deeper/x.DCM", "a/deeper/even/more/y", "c d/ü.dcm", ".hidden"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    (root / "empty").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "not-input.dcm").write_bytes(b"x")
+    os.symlink(outside, root / "a" / "linked-folder")  # not followed
+    os.symlink(root / "b.dcm", root / "a" / "link.dcm")  # a file all the same
+    os.symlink(root / "gone", root / "dangling")  # no file behind it
+    os.mkfifo(root / "a" / "pipe")  # not a regular file
+
+    assert list_files(root) == [".hidden", "a/IM0001", "a/deeper/even/more/y", "a/deeper/x.DCM",
+                                "a/link.dcm", "b.dcm", "c d/ü.dcm"]
+    assert list_files(str(root / "a" / "deeper")) == ["even/more/y", "x.DCM"]
+
+
+def test_list_files_refuses_what_is_not_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"x")
+    for missing in (tmp_path / "file", tmp_path / "nothing"):
+        with pytest.raises(ConfigError, match="not a directory"):
+            list_files(missing)
