@@ -3,11 +3,16 @@
     python -m workloads.preprocess.dicom --input IN --output OUT [--key-file F]
         [--window lung|mediastinum|brain|bone|none] [--spacing Z Y X] [--shape D H W]
         [--retain-dates] [--retain-patient-characteristics] [--resume] [--concurrency N]
+        [--grouping auto|folder|scan]
 
-or, from a notebook connected to the cluster, :func:`preprocess_dicom`. Two Ray Data passes run
-on prep nodes (placement from :mod:`medray.scheduling`, spilling onto idle inference and training
-nodes): a header scan that groups every file under IN into series, then one task per series that
-de-identifies, normalises and writes it (:mod:`workloads.preprocess.series`). Outputs under OUT:
+or, from a notebook connected to the cluster, :func:`preprocess_dicom`. Ray Data tasks run on prep
+nodes (placement from :mod:`medray.scheduling`, spilling onto idle inference and training nodes)
+and group every file under IN into series, then de-identify, normalise and write each series
+(:mod:`workloads.preprocess.series`). Two ways to group (``--grouping``, same output): a header
+scan of every file, then tasks taking groups of series (two Ray Data executions); or, when the
+export has a folder per series, one execution whose tasks take whole folders, reading each header
+once, after which the few series found in more than one folder are processed again, whole.
+Outputs under OUT:
 
 * ``volumes/<pseudonymous series UID>.parquet`` (schema: :mod:`medray.shards`),
 * ``quarantine.parquet`` (path relative to IN, reason code, PHI-free message),
@@ -21,11 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import posixpath
 import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,8 +65,11 @@ from workloads.preprocess.runs import (
     write_quarantine,
 )
 from workloads.preprocess.series import (
+    GROUPINGS,
     DicomOptions,
     Scanned,
+    pending_path,
+    process_folder,
     process_series,
     quiet_pydicom,
     scan_file,
@@ -80,6 +90,12 @@ _SCAN_SCHEMA = pa.schema([
     ("path", pa.string()), ("study_uid", pa.string()), ("series_uid", pa.string()),
     ("reason", pa.string()), ("message", pa.string()), ("node_type", pa.string()),
     ("cpu_seconds", pa.float64()),
+])
+_FOLDER_SCHEMA = pa.schema([
+    ("series_uid", pa.string()), ("study_uid", pa.string()), ("paths", pa.list_(pa.string())),
+    ("skipped", pa.bool_()), ("written", pa.bool_()), ("n_instances", pa.int32()),
+    ("node_type", pa.string()), ("seconds", pa.string()),
+    ("quarantine", pa.list_(pa.struct(list(QUARANTINE_SCHEMA)))),
 ])
 _SERIES_SCHEMA = pa.schema([
     ("series_uid", pa.string()), ("written", pa.bool_()), ("n_instances", pa.int32()),
@@ -160,6 +176,30 @@ def _series_batch(batch: pa.Table, root: str, out: str, key: bytes, options: Dic
     return pa.Table.from_pylist(rows, schema=_SERIES_SCHEMA)
 
 
+def _folder_batch(batch: pa.Table, root: str, out: str, key: bytes, options: DicomOptions) -> pa.Table:
+    quiet_pydicom()
+    node = node_type_here()
+    rows = []
+    for unit in batch.to_pylist():
+        try:
+            found, refused = process_folder(Path(root), unit["paths"], Path(out), key, options)
+        except Exception as e:  # a bug must not kill the job or lose the other folders
+            message = f"unexpected {type(e).__name__} while processing the folder: report it"
+            found, refused = [], [Quarantined(p, "internal_error", message) for p in unit["paths"]]
+        for f in found:
+            r = f.result
+            rows.append({"series_uid": f.series_uid, "study_uid": f.study_uid, "paths": list(f.paths),
+                         "skipped": f.skipped, "written": bool(r and r.written),
+                         "n_instances": r.n_instances if r else len(f.paths), "node_type": node,
+                         "seconds": json.dumps(r.seconds if r else {}),
+                         "quarantine": [vars(q) for q in r.quarantined] if r else []})
+        if refused:  # files that name no series
+            rows.append({"series_uid": None, "study_uid": None, "paths": [q.path for q in refused],
+                         "skipped": False, "written": False, "n_instances": len(refused), "node_type": node,
+                         "seconds": "{}", "quarantine": [vars(q) for q in refused]})
+    return pa.Table.from_pylist(rows, schema=_FOLDER_SCHEMA)
+
+
 # --- The driver ------------------------------------------------------------------------------
 
 def _prepare_output(out: Path, options: DicomOptions, key: bytes) -> None:
@@ -183,25 +223,76 @@ def _prepare_output(out: Path, options: DicomOptions, key: bytes) -> None:
         stale.unlink(missing_ok=True)
 
 
-def _group(scanned: pa.Table) -> tuple[list[dict[str, Any]], list[Quarantined]]:
-    """Series work units (largest first) and the files refused while scanning."""
-    refused = [Quarantined(r["path"], r["reason"], r["message"])
-               for r in scanned.filter(scanned["reason"].is_valid()).to_pylist()]
-    members: dict[str, list[str]] = {}
+def _refused(scanned: pa.Table) -> list[Quarantined]:
+    """The files the scan refused."""
+    return [Quarantined(r["path"], r["reason"], r["message"])
+            for r in scanned.filter(scanned["reason"].is_valid()).to_pylist()]
+
+
+def _group(members: Iterable[tuple[str, str, str]]) -> tuple[list[dict[str, Any]], list[Quarantined]]:
+    """Series work units (largest first) from (path, study UID, series UID) of each file, and the
+    files of series whose UID is used in more than one study."""
+    paths: dict[str, list[str]] = {}
     studies: dict[str, set[str]] = {}
-    for r in scanned.filter(scanned["reason"].is_null()).to_pylist():
-        members.setdefault(r["series_uid"], []).append(r["path"])
-        studies.setdefault(r["series_uid"], set()).add(r["study_uid"])
-    units = []
-    for series_uid, paths in members.items():
+    for path, study_uid, series_uid in members:
+        paths.setdefault(series_uid, []).append(path)
+        studies.setdefault(series_uid, set()).add(study_uid)
+    units, refused = [], []
+    for series_uid, files in paths.items():
         if len(studies[series_uid]) > 1:
             message = (f"one SeriesInstanceUID is used in {len(studies[series_uid])} studies: "
                        "fix the UIDs at the source")
-            refused += [Quarantined(p, "inconsistent_series", message) for p in paths]
+            refused += [Quarantined(p, "inconsistent_series", message) for p in files]
         else:
-            units.append({"series_uid": series_uid, "paths": sorted(paths)})
+            units.append({"series_uid": series_uid, "paths": sorted(files)})
     units.sort(key=lambda u: (-len(u["paths"]), u["series_uid"]))
     return units, refused
+
+
+def _by_folder(files: Sequence[str], grouping: str, concurrency: int) -> bool:
+    """Whether to group by folder in one pass (see ``GROUPINGS`` in the series module)."""
+    if grouping != "auto":
+        return grouping == "folder"
+    largest = max(Counter(posixpath.dirname(f) for f in files).values())
+    return largest * concurrency <= len(files)
+
+
+def _deal(units: Sequence[dict[str, Any]], concurrency: int) -> tuple[list[dict[str, Any]], int]:
+    """Units (largest first) dealt round-robin into blocks, so that every block gets a fair share,
+    and the number of blocks.
+
+    Small runs get one block per task slot: Ray Data notices a finished task up to 0.1 s late (its
+    scheduling loop waits that long for the running ones), so a second, queued block per slot
+    made 1,536 slices on 2 cores take 0.99 s instead of 0.87 s (medians of 10 runs).
+    """
+    blocks = min(len(units), _MAX_SERIES_BLOCKS, max(concurrency, math.ceil(len(units) / _SERIES_PER_BLOCK)))
+    return [u for b in range(blocks) for u in units[b::blocks]], blocks
+
+
+def _commit_folders(rows: list[dict[str, Any]], out: Path) -> tuple[
+        list[dict[str, Any]], list[tuple[str, str, str]], list[dict[str, Any]], list[Quarantined]]:
+    """What the folder pass found: results of the series it completed (their shards renamed into
+    place), the (path, study, series) of the files of series spanning folders (to process again,
+    whole), the series skipped on resume, and the files that name no series."""
+    refused: list[Quarantined] = []
+    parts: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["series_uid"] is None:
+            refused += [Quarantined(**q) for q in r["quarantine"]]
+        else:
+            parts.setdefault(r["series_uid"], []).append(r)
+    results, again, skipped = [], [], []
+    for series_uid, found in parts.items():
+        if len(found) > 1:  # each folder saw part of the series: drop the parts, redo it whole
+            pending_path(out, series_uid).unlink(missing_ok=True)
+            again += [(p, f["study_uid"], series_uid) for f in found for p in f["paths"]]
+        elif found[0]["skipped"]:
+            skipped.append({"series_uid": series_uid, "paths": found[0]["paths"]})
+        else:
+            if found[0]["written"]:
+                os.replace(pending_path(out, series_uid), shard_path(out, series_uid))
+            results.append(found[0])
+    return results, again, skipped, refused
 
 
 def _manifest(options: DicomOptions, key: bytes, status: str, counts: dict[str, Any] | None = None,
@@ -247,10 +338,35 @@ def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
     _prepare_output(out, options, key)
     write_manifest(out, _manifest(options, key, "running"))
     walls = {"list": time.perf_counter() - t0}
-    _log.info("scanning %d files on %s (falls back to %s)", len(files), chosen.node_type.name,
+    by_folder = bool(files) and _by_folder(files, options.grouping, concurrency)
+    _log.info("%s %d files on %s (falls back to %s)", "processing by folder" if by_folder else "scanning",
+              len(files), chosen.node_type.name,
               ", ".join(t.name for t in chosen.candidates[1:]) or "nothing")
     scanned = pa.table({n: pa.array([], t) for n, t in zip(_SCAN_SCHEMA.names, _SCAN_SCHEMA.types)})
-    if files:
+    results: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    spanning = 0
+    read_on: Counter[str] = Counter()
+    if by_folder:
+        folders: dict[str, list[str]] = {}
+        for f in files:
+            folders.setdefault(posixpath.dirname(f), []).append(f)
+        dealt, blocks = _deal(sorted(({"paths": p} for p in folders.values()),
+                                     key=lambda u: (-len(u["paths"]), u["paths"][0])), concurrency)
+        work = start_tasks_at_once(ray.data.from_items(dealt, override_num_blocks=blocks))
+        work = work.map_batches(_folder_batch, batch_format="pyarrow", batch_size=1,
+                                fn_kwargs={"root": str(root), "out": str(out), "key": key,
+                                           "options": options},
+                                **map_options(chosen, min(concurrency, blocks)))
+        rows = [r for b in work.iter_batches(batch_format="pyarrow", batch_size=None) for r in b.to_pylist()]
+        for r in rows:
+            read_on[r["node_type"]] += len(r["paths"])
+        results, again, skipped, quarantined = _commit_folders(rows, out)
+        units, refused = _group(again)
+        quarantined += refused
+        spanning = len({series for _, _, series in again})
+        walls["folders"] = time.perf_counter() - t0 - sum(walls.values())
+    elif files:
         blocks = min(len(files), max(concurrency, math.ceil(len(files) / _FILES_PER_SCAN_BLOCK)))
         scan = start_tasks_at_once(ray.data.from_items([{"path": p} for p in files],
                                                         override_num_blocks=blocks))
@@ -258,23 +374,22 @@ def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
                                 fn_kwargs={"root": str(root), "key": key},
                                 **map_options(chosen, min(concurrency, blocks)))
         scanned = pa.concat_tables([scanned, *scan.iter_batches(batch_format="pyarrow", batch_size=None)])
-    walls["scan"] = time.perf_counter() - t0 - sum(walls.values())
+        read_on.update(scanned["node_type"].to_pylist())
+        walls["scan"] = time.perf_counter() - t0 - sum(walls.values())
+        valid = scanned.filter(scanned["reason"].is_null())
+        units, quarantined = _group(zip(valid["path"].to_pylist(), valid["study_uid"].to_pylist(),
+                                        valid["series_uid"].to_pylist()))
+        quarantined = _refused(scanned) + quarantined
+    else:
+        units, quarantined = [], []
 
-    units, quarantined = _group(scanned)
-    skipped = [u for u in units if options.resume and shard_path(out, u["series_uid"]).exists()]
+    skipped += [u for u in units if options.resume and shard_path(out, u["series_uid"]).exists()]
     todo = [u for u in units if not (options.resume and shard_path(out, u["series_uid"]).exists())]
     _log.info("%d series to process, %d already written", len(todo), len(skipped))
     walls["group"] = time.perf_counter() - t0 - sum(walls.values())
 
-    results: list[dict[str, Any]] = []
     if todo:
-        # Small runs get one block per task slot. Ray Data notices a finished task up to 0.1 s late
-        # (its scheduling loop waits that long for the running ones), so a second, queued block per
-        # slot made 1,536 slices on 2 cores take 0.99 s instead of 0.87 s (medians of 10 runs).
-        blocks = min(len(todo), _MAX_SERIES_BLOCKS,
-                     max(concurrency, math.ceil(len(todo) / _SERIES_PER_BLOCK)))
-        # Largest series first, dealt round-robin so that every block gets a fair share.
-        dealt = [u for b in range(blocks) for u in todo[b::blocks]]
+        dealt, blocks = _deal(todo, concurrency)
         work = start_tasks_at_once(ray.data.from_items(dealt, override_num_blocks=blocks))
         work = work.map_batches(_series_batch, batch_format="pyarrow", batch_size=1,
                                 fn_kwargs={"root": str(root), "out": str(out), "key": key,
@@ -312,11 +427,13 @@ def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
     run = {"seconds": {k: round(v, 3) for k, v in {**walls, "total": seconds}.items()},
            "worker_seconds": {k: round(v, 3) for k, v in sorted(worker_seconds.items())},
            "worker_cpu_seconds": cpu,
-           "node_types": {"scan": dict(Counter(scanned["node_type"].to_pylist())),
-                          "series": summary.node_types},
+           # "scan": where each file was read first (the scan, or the folder pass).
+           "node_types": {"scan": dict(read_on), "series": summary.node_types},
            "series_written_this_run": summary.series_written,
            "series_skipped": summary.series_skipped,
-           "concurrency": concurrency}
+           "concurrency": concurrency,
+           "grouping": "folder" if by_folder else "scan",
+           "series_spanning_folders": spanning}
     write_manifest(out, _manifest(options, key, "complete", counts, run))
     _count(summary)
     return summary
@@ -350,6 +467,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retain-patient-characteristics", action="store_true",
                    help="PS3.15 option: keep sex, age (90+ grouped), size, weight")
     p.add_argument("--resume", action="store_true", help="skip series already written to OUTPUT")
+    p.add_argument("--grouping", choices=GROUPINGS, default="auto",
+                   help="folder: one pass, tasks take whole folders (each header read once); scan: a "
+                        "header scan first; auto: folder when no folder holds more than a task's share "
+                        "of the files (the output is the same)")
     return p
 
 
@@ -366,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              retain_patient_characteristics=args.retain_patient_characteristics),
             concurrency=args.concurrency,
             resume=args.resume,
+            grouping=args.grouping,
         )
         connect()
         summary = preprocess_dicom(args.input, args.output, key=key, options=options)

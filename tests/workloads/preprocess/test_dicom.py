@@ -93,6 +93,49 @@ def test_corrupted_files_land_in_quarantine_exactly(cohort, key, tmp_path, ray_c
     assert manifest["key_id"] == key_id(key) and key.hex() not in json.dumps(manifest)
 
 
+def test_grouping_by_folder_or_by_scan_gives_the_same_output(cohort, key, tmp_path, ray_cluster):
+    root = copy_dicom(cohort, tmp_path / "in")
+    damaged = corrupt(root)
+    # One series spread over two folders, and one series UID reused by another study's folder.
+    (root / "study_0004/more").mkdir()
+    for k in range(5, SLICES):
+        (root / f"study_0004/series_01/slice_{k:03d}.dcm").rename(root / f"study_0004/more/slice_{k:03d}.dcm")
+    series_5 = pydicom.dcmread(root / "study_0005/series_01/slice_000.dcm").SeriesInstanceUID
+    rewrite(root / "study_0006/series_01/slice_000.dcm", lambda ds: setattr(ds, "SeriesInstanceUID", series_5))
+
+    runs = {}
+    for grouping in ("folder", "scan"):
+        out = tmp_path / grouping
+        summary = preprocess_dicom(root, out, key=key, options=DicomOptions(grouping=grouping))
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["run"]["grouping"] == grouping
+        assert not [p.name for p in (out / "volumes").iterdir() if p.name.startswith(".")]  # nothing pending
+        runs[grouping] = (outputs(out), summary.series_written, summary.quarantined, manifest["run"])
+
+    by_folder, by_scan = runs["folder"], runs["scan"]
+    assert by_folder[:3] == by_scan[:3]  # the same bytes in every Parquet file, the same counts
+    assert by_folder[3]["series_spanning_folders"] == 2  # study_0004's and the reused UID's
+    assert by_folder[3]["node_types"]["scan"] and sum(by_folder[3]["node_types"]["scan"].values()) == len(
+        list(root.rglob("*.dcm")))
+    records = quarantine(tmp_path / "folder")
+    assert {p: r for p, (r, _) in records.items() if p in damaged} == damaged
+    assert records["study_0006/series_01/slice_000.dcm"][0] == "inconsistent_series"
+    written = {p.stem for p in shard_files(tmp_path / "folder")}
+    assert pseudo_uid(key, pydicom.dcmread(cohort / "dicom/study_0004/series_01/slice_000.dcm").SeriesInstanceUID) in written
+
+
+def test_auto_grouping_takes_folders_only_when_no_folder_is_too_large(cohort, key, tmp_path, ray_cluster):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, f in enumerate(sorted((cohort / "dicom").rglob("*.dcm"))):
+        (flat / f"{i:04d}.dcm").write_bytes(f.read_bytes())
+    for root, expected in ((cohort / "dicom", "folder"), (flat, "scan")):
+        out = tmp_path / f"out-{expected}"
+        summary = preprocess_dicom(root, out, key=key)
+        assert json.loads((out / "manifest.json").read_text())["run"]["grouping"] == expected
+        assert summary.series_written == PATIENTS and not summary.quarantined
+
+
 def test_series_ran_on_prep_nodes(clean_run):
     out, _, summary = clean_run
     manifest = json.loads((out / "manifest.json").read_text())
