@@ -1,6 +1,7 @@
 """Preprocessing throughput against single-process baselines, measured in the same run.
 
     python benchmarks/preprocess.py [--sizes 512 128] [--patients 32 --slices 48] [--emr-rows 400000]
+        [--grouping auto|folder|scan]
 
 DICOM: slices/s of the full pipeline (scan, de-identify, HU, resample, window, write Parquet) on
 the embedded local cluster, against one process looping over the same files doing only
@@ -42,6 +43,7 @@ from medray.pseudonym import date_shift_days, pseudonym
 from medray.safe_harbor import EmrMapping, TableMapping, deidentify_table
 from medray.synth import generate_cohort
 from workloads.preprocess.dicom import DicomOptions, preprocess_dicom
+from workloads.preprocess.series import GROUPINGS
 from workloads.preprocess.emr import preprocess_emr
 
 # glibc's mallopt parameters (malloc.h).
@@ -124,7 +126,7 @@ def table(rows: list[tuple[str, str, str, str]]) -> str:
 
 
 def dicom_rows(work: Path, key: bytes, rows: int, patients: int, slices: int,
-               repeats: int) -> list[tuple[str, str, str, str]]:
+               repeats: int, options: DicomOptions) -> list[tuple[str, str, str, str]]:
     """Pipeline vs loop on one generated cohort; best of ``repeats`` interleaved runs of each."""
     cohort = work / f"cohort-{rows}"
     spacing = 384 / rows  # a 384 mm field of view whatever the matrix
@@ -140,7 +142,7 @@ def dicom_rows(work: Path, key: bytes, rows: int, patients: int, slices: int,
         loop_cpus.append(time.process_time() - cpu)
         out = work / f"out-{rows}"
         cpu = time.process_time()
-        summary = preprocess_dicom(cohort / "dicom", out, key=key, options=DicomOptions())
+        summary = preprocess_dicom(cohort / "dicom", out, key=key, options=options)
         driver_cpu = time.process_time() - cpu
         assert summary.slices == len(files) and not summary.quarantined_files, summary.table()
         workers_cpu = json.loads((out / "manifest.json").read_text())["run"]["worker_cpu_seconds"]
@@ -195,6 +197,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs of each side; best counts")
     p.add_argument("--emr-rows", type=int, default=400_000)
     p.add_argument("--emr-parts", type=int, default=4, help="files the EMR table is split into")
+    p.add_argument("--grouping", choices=GROUPINGS, default="auto",
+                   help="the DICOM pipeline's grouping (the cohort has a folder per series: auto = folder)")
     p.add_argument("--work", help="scratch folder (default: a temporary one, removed after)")
     args = p.parse_args()
     tuned = fastest_allocator()
@@ -210,7 +214,8 @@ def main() -> None:
             preprocess_dicom(work / "warm/dicom", work / "out-warm", key=key)
             cold_s = time.perf_counter() - t0
             for rows in args.sizes:
-                results += dicom_rows(work, key, rows, args.patients, args.slices, args.repeats)
+                results += dicom_rows(work, key, rows, args.patients, args.slices, args.repeats,
+                                      DicomOptions(grouping=args.grouping))
             results.append(("  first run on a fresh cluster (8 slices, workers starting)",
                             f"{cold_s:.1f} s", "", ""))
             results += emr_rows(work, key, args.emr_rows, args.emr_parts, args.repeats)

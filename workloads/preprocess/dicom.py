@@ -46,6 +46,7 @@ from medray.local_cluster import connect
 from medray.logs import get_logger
 from medray.metrics import counter
 from medray.pseudonym import key_id, load_key
+from medray.scheduling import Placement
 from medray.shards import SCHEMA_VERSION, VOLUMES_DIR
 from workloads.preprocess.runs import (
     MANIFEST,
@@ -318,6 +319,74 @@ def _manifest(options: DicomOptions, key: bytes, status: str, counts: dict[str, 
     }
 
 
+@dataclass
+class _Grouped:
+    """What grouping found: series still to process, results of series the folder pass completed,
+    series skipped on resume, refused files, where files were read first, the scan's task CPU
+    seconds and the series that spanned folders."""
+
+    units: list[dict[str, Any]] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    read_on: Counter[str] = field(default_factory=Counter)
+    scan_cpu: float = 0.0
+    spanning: int = 0
+
+
+def _map(units: Sequence[dict[str, Any]], fn: Any, args: dict[str, Any], chosen: Placement,
+         concurrency: int, *, by_block: bool) -> list[dict[str, Any]]:
+    """``fn`` over ``units`` as one Ray Data execution on the chosen nodes; its output rows.
+
+    ``by_block``: ``units`` go in as they are, ``fn`` takes a whole block (a scan); else they are
+    dealt into blocks (:func:`_deal`) and ``fn`` takes one unit at a time.
+    """
+    import ray.data
+
+    if by_block:
+        items, blocks = list(units), min(len(units), max(concurrency, math.ceil(len(units) / _FILES_PER_SCAN_BLOCK)))
+    else:
+        items, blocks = _deal(units, concurrency)
+    work = start_tasks_at_once(ray.data.from_items(items, override_num_blocks=blocks))
+    work = work.map_batches(fn, batch_format="pyarrow", batch_size=None if by_block else 1, fn_kwargs=args,
+                            **map_options(chosen, min(concurrency, blocks)))
+    return [r for b in work.iter_batches(batch_format="pyarrow", batch_size=None) for r in b.to_pylist()]
+
+
+def _folder_pass(files: Sequence[str], out: Path, args: dict[str, Any], chosen: Placement,
+                 concurrency: int) -> _Grouped:
+    """Tasks take whole folders (largest first); the series found whole are committed."""
+    folders: dict[str, list[str]] = {}
+    for f in files:
+        folders.setdefault(posixpath.dirname(f), []).append(f)
+    units = sorted(({"paths": p} for p in folders.values()), key=lambda u: (-len(u["paths"]), u["paths"][0]))
+    rows = _map(units, _folder_batch, args, chosen, concurrency, by_block=False)
+    grouped = _Grouped(read_on=Counter())
+    for r in rows:
+        grouped.read_on[r["node_type"]] += len(r["paths"])
+    grouped.results, again, grouped.skipped, grouped.quarantined = _commit_folders(rows, out)
+    grouped.units, refused = _group(again)
+    grouped.quarantined += refused
+    grouped.spanning = len({series for _, _, series in again})
+    return grouped
+
+
+def _scan_pass(files: Sequence[str], args: dict[str, Any], chosen: Placement, concurrency: int) -> _Grouped:
+    """A header scan of every file, grouped into series in the driver."""
+    if not files:
+        return _Grouped()
+    scan_args = {"root": args["root"], "key": args["key"]}
+    scanned = pa.Table.from_pylist(
+        _map([{"path": p} for p in files], _scan_batch, scan_args, chosen, concurrency, by_block=True),
+        schema=_SCAN_SCHEMA)
+    valid = scanned.filter(scanned["reason"].is_null())
+    units, refused = _group(zip(valid["path"].to_pylist(), valid["study_uid"].to_pylist(),
+                                valid["series_uid"].to_pylist()))
+    return _Grouped(units=units, quarantined=_refused(scanned) + refused,
+                    read_on=Counter(scanned["node_type"].to_pylist()),
+                    scan_cpu=math.fsum(scanned["cpu_seconds"].to_pylist()))
+
+
 def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
                      options: DicomOptions = DicomOptions()) -> Summary:
     """Preprocess every file under ``input`` into ``output`` on the connected Ray cluster.
@@ -325,8 +394,6 @@ def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
     Bad files never stop the run: they land in ``quarantine.parquet``. Raises ConfigError or
     PlacementError for problems with the arguments or the cluster, before any work starts.
     """
-    import ray.data
-
     t0 = time.perf_counter()
     root, out = Path(input).resolve(), Path(output).resolve()
     if out == root or root in out.parents:
@@ -342,61 +409,21 @@ def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
     _log.info("%s %d files on %s (falls back to %s)", "processing by folder" if by_folder else "scanning",
               len(files), chosen.node_type.name,
               ", ".join(t.name for t in chosen.candidates[1:]) or "nothing")
-    scanned = pa.table({n: pa.array([], t) for n, t in zip(_SCAN_SCHEMA.names, _SCAN_SCHEMA.types)})
-    results: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
-    spanning = 0
-    read_on: Counter[str] = Counter()
+    args = {"root": str(root), "out": str(out), "key": key, "options": options}
     if by_folder:
-        folders: dict[str, list[str]] = {}
-        for f in files:
-            folders.setdefault(posixpath.dirname(f), []).append(f)
-        dealt, blocks = _deal(sorted(({"paths": p} for p in folders.values()),
-                                     key=lambda u: (-len(u["paths"]), u["paths"][0])), concurrency)
-        work = start_tasks_at_once(ray.data.from_items(dealt, override_num_blocks=blocks))
-        work = work.map_batches(_folder_batch, batch_format="pyarrow", batch_size=1,
-                                fn_kwargs={"root": str(root), "out": str(out), "key": key,
-                                           "options": options},
-                                **map_options(chosen, min(concurrency, blocks)))
-        rows = [r for b in work.iter_batches(batch_format="pyarrow", batch_size=None) for r in b.to_pylist()]
-        for r in rows:
-            read_on[r["node_type"]] += len(r["paths"])
-        results, again, skipped, quarantined = _commit_folders(rows, out)
-        units, refused = _group(again)
-        quarantined += refused
-        spanning = len({series for _, _, series in again})
+        grouped = _folder_pass(files, out, args, chosen, concurrency)
         walls["folders"] = time.perf_counter() - t0 - sum(walls.values())
-    elif files:
-        blocks = min(len(files), max(concurrency, math.ceil(len(files) / _FILES_PER_SCAN_BLOCK)))
-        scan = start_tasks_at_once(ray.data.from_items([{"path": p} for p in files],
-                                                        override_num_blocks=blocks))
-        scan = scan.map_batches(_scan_batch, batch_format="pyarrow", batch_size=None,
-                                fn_kwargs={"root": str(root), "key": key},
-                                **map_options(chosen, min(concurrency, blocks)))
-        scanned = pa.concat_tables([scanned, *scan.iter_batches(batch_format="pyarrow", batch_size=None)])
-        read_on.update(scanned["node_type"].to_pylist())
-        walls["scan"] = time.perf_counter() - t0 - sum(walls.values())
-        valid = scanned.filter(scanned["reason"].is_null())
-        units, quarantined = _group(zip(valid["path"].to_pylist(), valid["study_uid"].to_pylist(),
-                                        valid["series_uid"].to_pylist()))
-        quarantined = _refused(scanned) + quarantined
     else:
-        units, quarantined = [], []
+        grouped = _scan_pass(files, args, chosen, concurrency)
+        walls["scan"] = time.perf_counter() - t0 - sum(walls.values())
+    units, results, skipped, quarantined = grouped.units, grouped.results, grouped.skipped, grouped.quarantined
 
     skipped += [u for u in units if options.resume and shard_path(out, u["series_uid"]).exists()]
     todo = [u for u in units if not (options.resume and shard_path(out, u["series_uid"]).exists())]
     _log.info("%d series to process, %d already written", len(todo), len(skipped))
     walls["group"] = time.perf_counter() - t0 - sum(walls.values())
-
     if todo:
-        dealt, blocks = _deal(todo, concurrency)
-        work = start_tasks_at_once(ray.data.from_items(dealt, override_num_blocks=blocks))
-        work = work.map_batches(_series_batch, batch_format="pyarrow", batch_size=1,
-                                fn_kwargs={"root": str(root), "out": str(out), "key": key,
-                                           "options": options},
-                                **map_options(chosen, min(concurrency, blocks)))
-        for batch in work.iter_batches(batch_format="pyarrow", batch_size=None):
-            results += batch.to_pylist()
+        results += _map(todo, _series_batch, args, chosen, concurrency, by_block=False)
     walls["process"] = time.perf_counter() - t0 - sum(walls.values())
 
     quarantined += [Quarantined(**q) for r in results for q in r["quarantine"]]
@@ -422,18 +449,18 @@ def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
     counts = {"files": summary.files, "series": summary.series_written + summary.series_skipped,
               "series_quarantined": summary.series_quarantined, "slices": summary.slices,
               "files_quarantined": summary.quarantined_files, "quarantined_by_reason": by_reason}
-    cpu = {"scan": round(math.fsum(scanned["cpu_seconds"].to_pylist()), 3),
+    cpu = {"scan": round(grouped.scan_cpu, 3),
            "series": round(worker_seconds.pop("cpu", 0.0), 3)}
     run = {"seconds": {k: round(v, 3) for k, v in {**walls, "total": seconds}.items()},
            "worker_seconds": {k: round(v, 3) for k, v in sorted(worker_seconds.items())},
            "worker_cpu_seconds": cpu,
            # "scan": where each file was read first (the scan, or the folder pass).
-           "node_types": {"scan": dict(read_on), "series": summary.node_types},
+           "node_types": {"scan": dict(grouped.read_on), "series": summary.node_types},
            "series_written_this_run": summary.series_written,
            "series_skipped": summary.series_skipped,
            "concurrency": concurrency,
            "grouping": "folder" if by_folder else "scan",
-           "series_spanning_folders": spanning}
+           "series_spanning_folders": grouped.spanning}
     write_manifest(out, _manifest(options, key, "complete", counts, run))
     _count(summary)
     return summary

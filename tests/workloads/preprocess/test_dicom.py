@@ -13,6 +13,7 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML
 
+from medray.errors import ConfigError
 from medray.imaging import InputSpec
 from medray.pseudonym import key_id, pseudo_uid, pseudonym
 from medray.shards import shard_files
@@ -214,3 +215,8 @@ def test_start_tasks_at_once_changes_only_its_own_dataset(ray_cluster):
     assert ds.map_batches(lambda b: b).context.op_resource_reservation_enabled is False
     assert other.context.op_resource_reservation_enabled is True
     assert ray.data.DataContext.get_current().op_resource_reservation_enabled is True
+
+
+def test_an_unknown_grouping_is_refused():
+    with pytest.raises(ConfigError, match="grouping must be one of auto, folder, scan"):
+        DicomOptions(grouping="by-date")
