@@ -76,9 +76,9 @@ QUARANTINE_REASONS: tuple[str, ...] = REASONS + DEID_REASONS + PIPELINE_REASONS
 
 _STUDY_UID = 0x0020000D
 _SERIES_UID = 0x0020000E
-_HEADER_BULK_BYTES = 1024
+_HEADER_BULK_BYTES = 1024  # binary values larger than this are left out of the header JSON
 _MISSING_UID = ("the instance has no StudyInstanceUID or SeriesInstanceUID, so it cannot be grouped "
-                "into a series: re-export it")  # binary values larger than this are left out of the header JSON
+                "into a series: re-export it")
 
 
 @dataclass(frozen=True)
