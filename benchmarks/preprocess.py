@@ -43,8 +43,8 @@ from medray.pseudonym import date_shift_days, pseudonym
 from medray.safe_harbor import EmrMapping, TableMapping, deidentify_table
 from medray.synth import generate_cohort
 from workloads.preprocess.dicom import DicomOptions, preprocess_dicom
-from workloads.preprocess.series import GROUPINGS
 from workloads.preprocess.emr import preprocess_emr
+from workloads.preprocess.series import GROUPINGS
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3

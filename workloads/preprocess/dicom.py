@@ -69,6 +69,7 @@ from workloads.preprocess.series import (
     GROUPINGS,
     DicomOptions,
     Scanned,
+    SeriesResult,
     pending_path,
     process_folder,
     process_series,
@@ -159,21 +160,24 @@ def _scan_batch(batch: pa.Table, root: str, key: bytes) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=_SCAN_SCHEMA)
 
 
+def _outcome(r: SeriesResult, node: str) -> dict[str, Any]:
+    """The columns a series' result fills in a task's output row."""
+    return {"written": r.written, "n_instances": r.n_instances, "node_type": node,
+            "seconds": json.dumps(r.seconds), "quarantine": [vars(q) for q in r.quarantined]}
+
+
 def _series_batch(batch: pa.Table, root: str, out: str, key: bytes, options: DicomOptions) -> pa.Table:
     quiet_pydicom()
     node = node_type_here()
     rows = []
     for unit in batch.to_pylist():
+        uid, paths = unit["series_uid"], unit["paths"]
         try:
-            r = process_series(Path(root), unit["series_uid"], unit["paths"], Path(out), key, options)
-            quarantined, written, n, seconds = r.quarantined, r.written, r.n_instances, r.seconds
+            r = process_series(Path(root), uid, paths, Path(out), key, options)
         except Exception as e:  # a bug must not kill the job or lose the other series
             message = f"unexpected {type(e).__name__} while processing the series: report it"
-            quarantined = tuple(Quarantined(p, "internal_error", message) for p in unit["paths"])
-            written, n, seconds = False, len(unit["paths"]), {}
-        rows.append({"series_uid": unit["series_uid"], "written": written, "n_instances": n,
-                     "node_type": node, "seconds": json.dumps(seconds),
-                     "quarantine": [vars(q) for q in quarantined]})
+            r = SeriesResult(uid, False, len(paths), tuple(Quarantined(p, "internal_error", message) for p in paths))
+        rows.append({"series_uid": uid, **_outcome(r, node)})
     return pa.Table.from_pylist(rows, schema=_SERIES_SCHEMA)
 
 
@@ -188,16 +192,13 @@ def _folder_batch(batch: pa.Table, root: str, out: str, key: bytes, options: Dic
             message = f"unexpected {type(e).__name__} while processing the folder: report it"
             found, refused = [], [Quarantined(p, "internal_error", message) for p in unit["paths"]]
         for f in found:
-            r = f.result
+            r = f.result or SeriesResult(f.series_uid, False, len(f.paths))  # skipped on resume
             rows.append({"series_uid": f.series_uid, "study_uid": f.study_uid, "paths": list(f.paths),
-                         "skipped": f.skipped, "written": bool(r and r.written),
-                         "n_instances": r.n_instances if r else len(f.paths), "node_type": node,
-                         "seconds": json.dumps(r.seconds if r else {}),
-                         "quarantine": [vars(q) for q in r.quarantined] if r else []})
+                         "skipped": f.skipped, **_outcome(r, node)})
         if refused:  # files that name no series
+            r = SeriesResult("", False, len(refused), tuple(refused))
             rows.append({"series_uid": None, "study_uid": None, "paths": [q.path for q in refused],
-                         "skipped": False, "written": False, "n_instances": len(refused), "node_type": node,
-                         "seconds": "{}", "quarantine": [vars(q) for q in refused]})
+                         "skipped": False, **_outcome(r, node)})
     return pa.Table.from_pylist(rows, schema=_FOLDER_SCHEMA)
 
 
@@ -361,7 +362,7 @@ def _folder_pass(files: Sequence[str], out: Path, args: dict[str, Any], chosen: 
         folders.setdefault(posixpath.dirname(f), []).append(f)
     units = sorted(({"paths": p} for p in folders.values()), key=lambda u: (-len(u["paths"]), u["paths"][0]))
     rows = _map(units, _folder_batch, args, chosen, concurrency, by_block=False)
-    grouped = _Grouped(read_on=Counter())
+    grouped = _Grouped()
     for r in rows:
         grouped.read_on[r["node_type"]] += len(r["paths"])
     grouped.results, again, grouped.skipped, grouped.quarantined = _commit_folders(rows, out)
@@ -418,8 +419,9 @@ def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
         walls["scan"] = time.perf_counter() - t0 - sum(walls.values())
     units, results, skipped, quarantined = grouped.units, grouped.results, grouped.skipped, grouped.quarantined
 
-    skipped += [u for u in units if options.resume and shard_path(out, u["series_uid"]).exists()]
-    todo = [u for u in units if not (options.resume and shard_path(out, u["series_uid"]).exists())]
+    todo = []
+    for u in units:
+        (skipped if options.resume and shard_path(out, u["series_uid"]).exists() else todo).append(u)
     _log.info("%d series to process, %d already written", len(todo), len(skipped))
     walls["group"] = time.perf_counter() - t0 - sum(walls.values())
     if todo:

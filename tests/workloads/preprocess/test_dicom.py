@@ -20,7 +20,7 @@ from medray.shards import shard_files
 from tests.workloads.preprocess.helpers import PATIENTS, ROWS, SLICES, copy_dicom
 from workloads.preprocess.dicom import DicomOptions, preprocess_dicom
 from workloads.preprocess.runs import start_tasks_at_once
-from workloads.preprocess.series import QUARANTINE_REASONS
+from workloads.preprocess.series import QUARANTINE_REASONS, pending_path
 
 PREP_NODE_TYPES = {"cpu-prep", "bulk-prep"}
 
@@ -177,8 +177,13 @@ def test_reruns_are_byte_identical_and_resume_skips_finished_series(clean_run, c
 
     victim = shard_files(out)[3]
     victim.unlink()
+    # What an interrupted folder pass leaves: a half-written pending shard (here of a series this
+    # resume skips), never to be read and removed by the next run.
+    stale = pending_path(out, shard_files(out)[0].stem)
+    stale.write_bytes(b"half a shard")
     summary = preprocess_dicom(cohort / "dicom", out, key=key,
                                options=replace(options, resume=True))
+    assert not stale.exists()
     assert (summary.series_written, summary.series_skipped) == (1, PATIENTS - 1)
     assert outputs(out) == first
     manifest = json.loads((out / "manifest.json").read_text())
