@@ -37,8 +37,8 @@ def training_data(work: Path, *, patients: int, seed: int) -> tuple[Path, Path]:
     """A synthetic cohort through the real preprocessing pipelines: (volume shards, diagnoses table).
 
     An earlier run's output in ``work`` is reused."""
-    from medray.pseudonym import ensure_key_file, load_key
-    from medray.synth import generate_cohort
+    from medray.data.cohort import generate_cohort
+    from medray.privacy.pseudonym import ensure_key_file, load_key
     from workloads.preprocess.dicom import preprocess_dicom
     from workloads.preprocess.emr import preprocess_emr
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(plan, args: argparse.Namespace, work: Path) -> int:  # noqa: ANN001 - BurstPlan, imported late
-    from medray.local_cluster import local_cluster
+    from medray.cluster.local import local_cluster
     from workloads.diagnosis.burst import format_table, p99_ratio, plot_timeline, prepare_kit, run_phase
 
     started = time.monotonic()

@@ -1,4 +1,4 @@
-"""Volume augmentation throughput of ``medray.dali.VolumeAugmenter`` on each backend present.
+"""Volume augmentation throughput of ``medray.imaging.augment.VolumeAugmenter`` on each backend present.
 
 Synthetic batches shaped like the research workload's input (float32 ``(N, D, H, W)`` numpy arrays,
 as Ray Data hands them over): 16x64x64 volumes at several batch sizes, and larger 64x128x128 ones.
@@ -44,7 +44,7 @@ for path in (REPO / "platform", REPO):  # medray without an install (GPU machine
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from medray.dali import AugmentParams, AugmentSpec, VolumeAugmenter, augment_torch, dali_available  # noqa: E402
+from medray.imaging.augment import AugmentParams, AugmentSpec, VolumeAugmenter, augment_torch, dali_available  # noqa: E402
 
 SMALL, LARGE = (16, 64, 64), (64, 128, 128)
 BASELINE = "torch"

@@ -18,7 +18,7 @@ can give.
 EMR: rows/s of the EMR pipeline (read Parquet, Safe Harbor de-identification, write Parquet) on
 the cluster, against pandas reading the same table, de-identifying it row by row with
 ``DataFrame.apply`` (the same rules: pseudonyms, date shift, dropped identifiers) and writing it.
-The in-process library call (:func:`medray.safe_harbor.deidentify_table`) is shown as well.
+The in-process library call (:func:`medray.privacy.emr.deidentify_table`) is shown as well.
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pydicom
 
-from medray.local_cluster import local_cluster
-from medray.pseudonym import date_shift_days, pseudonym
-from medray.safe_harbor import EmrMapping, TableMapping, deidentify_table
-from medray.synth import generate_cohort
+from medray.cluster.local import local_cluster
+from medray.data.cohort import generate_cohort
+from medray.privacy.emr import EmrMapping, TableMapping, deidentify_table
+from medray.privacy.pseudonym import date_shift_days, pseudonym
 from workloads.preprocess.dicom import DicomOptions, preprocess_dicom
 from workloads.preprocess.emr import preprocess_emr
-from workloads.preprocess.series import GROUPINGS
+from workloads.preprocess.tasks import GROUPINGS
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3

@@ -205,9 +205,9 @@ def make_fixture(root: Path, request: str) -> tuple[str, str, bytes, str]:
     """A registry with a seeded NoduleNet, and one request body; returns (registry, ref, body, type)."""
     import torch
 
+    from medray.data.cohort import generate_cohort
     from medray.models import DEFAULT_INPUT_SPEC, NoduleNetConfig, build_model
-    from medray.registry import register
-    from medray.synth import generate_cohort
+    from medray.models.registry import register
     from workloads.diagnosis.multipart import encode_series
 
     torch.manual_seed(0)
@@ -248,7 +248,7 @@ def model_time_ms(registry: str, ref: str, body: bytes, content_type: str, n: in
 
 
 def medray_args(root: Path, registry: str, replicas: int) -> dict:
-    from medray.auth import add_client
+    from medray.security.tokens import add_client
 
     token = add_client(root / "tokens.json", "bench", ["clinic"])
     key = root / "deid.key"
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
         import ray
 
-        from medray.local_cluster import local_cluster
+        from medray.cluster.local import local_cluster
         from workloads.diagnosis.local import http_targets, run_local, stop_local
 
         setup = medray_args(root, registry, a.replicas)

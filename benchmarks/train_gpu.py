@@ -4,11 +4,11 @@ Measured in one run, on synthetic volumes made in-process (16 x 64 x 64, the mod
 
 1. **Precision.** NoduleNet's training step (forward, BCE, backward, AdamW) on batches already on
    the device: fp32 (torch's default, TF32 convolutions on Ampere+), fp32 strict (TF32 off), bf16
-   autocast (``medray.precision``), bf16 + ``channels_last_3d``, and with ``--compile`` bf16 +
+   autocast (``medray.models.precision``), bf16 + ``channels_last_3d``, and with ``--compile`` bf16 +
    ``torch.compile``. Baseline: fp32 in the same run. Each row also gives the GPU utilisation
-   sampled with NVML (``medray.gpu``) every 0.1 s while it ran, and peak GPU memory.
+   sampled with NVML (``medray.cluster.nvml``) every 0.1 s while it ran, and peak GPU memory.
 2. **Input pipeline** (needs Ray): the training input path of ``workloads.research`` (shards written
-   with ``medray.shards``, labelled and split by ``workloads.research.data``, streamed with
+   with ``medray.data.shards``, labelled and split by ``workloads.research.data``, streamed with
    ``iter_torch_batches`` and prefetching onto the device) measured alone, then feeding the fastest
    precision's training step; the same for the resident loader (``--loader resident``: the shard
    pulled once onto the device as float16, permuted slices every epoch; loading time reported
@@ -50,9 +50,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from medray.gpu import NvmlReader  # noqa: E402
+from medray.cluster.nvml import NvmlReader  # noqa: E402
 from medray.models import build_model  # noqa: E402
-from medray.precision import choose_precision  # noqa: E402
+from medray.models.precision import choose_precision  # noqa: E402
 
 SHAPE = (16, 64, 64)
 
@@ -176,8 +176,8 @@ def measure_step(name: str, *, amp: str, device: torch.device, width: int, batch
 def _write_synthetic_shards(root: Path, volumes: int, shards: int) -> tuple[Path, Path]:
     import pyarrow as pa
 
-    from medray.imaging import InputSpec
-    from medray.shards import VOLUMES_DIR, VolumeRecord, build_table, write_parquet, write_shard
+    from medray.data.shards import VOLUMES_DIR, VolumeRecord, build_table, write_parquet, write_shard
+    from medray.imaging.normalize import InputSpec
 
     spec = InputSpec()
     rng = np.random.default_rng(0)
@@ -199,7 +199,7 @@ def _start_ray(num_gpus: int) -> None:
     import ray
     import ray.data
 
-    from medray.roles import NODE_TYPE_LABEL, ROLE_LABEL, SITE_LABEL, STORAGE_LABEL
+    from medray.cluster.node_types import NODE_TYPE_LABEL, ROLE_LABEL, SITE_LABEL, STORAGE_LABEL
 
     # One node labelled as a training node, so that medray's placement (train and prep roles with
     # fallbacks) finds it; the dashboard is not needed.

@@ -14,7 +14,7 @@ CLUSTER_YAML = REPO / "cluster.yaml"
 
 @pytest.fixture(scope="session")
 def node_types():
-    from medray.roles import load_node_types
+    from medray.cluster.node_types import load_node_types
 
     return load_node_types(CLUSTER_YAML)
 
@@ -22,7 +22,7 @@ def node_types():
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[object]:
     """The local cluster of cluster.yaml (one node per node type), connected, for every test."""
-    from medray.local_cluster import local_cluster
+    from medray.cluster.local import local_cluster
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     with local_cluster(CLUSTER_YAML) as cluster:

@@ -2,6 +2,6 @@
 
 import sys
 
-from medray.cli import main
+from medray.cli.main import main
 
 sys.exit(main())

@@ -1,4 +1,4 @@
-"""medray.audit: the append-only, hash-chained audit log and `medray audit verify`."""
+"""medray.security.audit: the append-only, hash-chained audit log and `medray audit verify`."""
 
 import argparse
 import json
@@ -6,8 +6,8 @@ import multiprocessing
 
 import pytest
 
-from medray import audit_cli
-from medray.audit import GENESIS, AuditError, AuditLog, verify_chain
+from medray.cli import audit as audit_cli
+from medray.security.audit import GENESIS, AuditError, AuditLog, verify_chain
 
 
 def write_log(path, n=5, key=None):
@@ -55,7 +55,7 @@ def test_rehashing_an_edited_line_still_breaks_the_next_one(tmp_path):
     path = tmp_path / "audit.jsonl"
     write_log(path)
     ls = lines(path)
-    from medray.audit import entry_hash
+    from medray.security.audit import entry_hash
 
     entry = json.loads(ls[1])
     entry["status"] = 500

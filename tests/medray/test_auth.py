@@ -1,4 +1,4 @@
-"""medray.auth: per-client bearer tokens with scopes, stored only as hashes."""
+"""medray.security.tokens: per-client bearer tokens with scopes, stored only as hashes."""
 
 import json
 import os
@@ -6,8 +6,16 @@ import time
 
 import pytest
 
-from medray.auth import SCOPES, AuthError, TokenFile, add_client, hash_token, load_tokens, remove_client
 from medray.errors import ConfigError
+from medray.security.tokens import (
+    SCOPES,
+    AuthError,
+    TokenFile,
+    add_client,
+    hash_token,
+    load_tokens,
+    remove_client,
+)
 
 
 @pytest.fixture
@@ -103,7 +111,7 @@ def test_duplicate_client_and_unknown_scope_are_refused(token_file):
 def test_token_commands_print_the_token_once_and_never_list_it(tmp_path, capsys):
     import argparse
 
-    from medray import auth_cli
+    from medray.cli import auth as auth_cli
 
     parser = argparse.ArgumentParser()
     auth_cli.add_parser(parser.add_subparsers(dest="command", required=True))

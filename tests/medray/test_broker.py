@@ -7,24 +7,16 @@ from pathlib import Path
 import pytest
 import ray
 
-from medray import broker as broker_module
-from medray.broker import (
-    BrokerCore,
-    BrokerPolicy,
-    Demand,
-    RunRecord,
-    broker_summary,
-    format_broker_summary,
-    report_checkpoint,
-    report_demand,
-    start_broker,
-    stop_broker,
-    submit_run,
-    watch_serve,
-    yield_requested,
-)
+from medray.broker import actor as broker_actor
+from medray.broker import preemption as broker_preemption
+from medray.broker.actor import start_broker, stop_broker, submit_run
+from medray.broker.client import broker_summary, report_demand, watch_serve
+from medray.broker.policy import BrokerCore, BrokerPolicy, Demand, RunRecord
+from medray.broker.preemption import report_checkpoint, yield_requested
+from medray.cli.status import format_broker_summary
 from medray.errors import ConfigError, MedrayError
-from medray.scheduling import WorkloadProfile, place
+from medray.scheduling.options import place
+from medray.scheduling.placement import WorkloadProfile
 
 # Decisions, without Ray -----------------------------------------------------------------------
 
@@ -148,10 +140,10 @@ def poll_once(config, *, run_id, resume_from):
 
 def test_a_resumed_attempt_does_not_inherit_the_yield_answer_of_the_last_one():
     # The attempt that yielded ran in this (reused) worker process: its poll still says "yield".
-    broker_module._polls["study-z"] = broker_module._Poll(answer=True, at=time.monotonic() + 3600)
+    broker_preemption._polls["study-z"] = broker_preemption._Poll(answer=True, at=time.monotonic() + 3600)
     assert yield_requested("study-z") is True
-    assert broker_module._run_entrypoint("tests.medray.test_broker:poll_once", {}, "study-z", "ckpt") is False
-    assert "study-z" not in broker_module._polls
+    assert broker_actor._run_entrypoint("tests.medray.test_broker:poll_once", {}, "study-z", "ckpt") is False
+    assert "study-z" not in broker_preemption._polls
 
 
 # On the real cluster --------------------------------------------------------------------------
@@ -319,7 +311,7 @@ def _serve_running():
 def _agree(rank, world, store_path, out_dir):
     import torch.distributed as dist
 
-    from medray.broker import _all_ranks_agree
+    from medray.broker.preemption import _all_ranks_agree
 
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
     try:

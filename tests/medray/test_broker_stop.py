@@ -5,9 +5,10 @@ import time
 import pytest
 import ray
 
-from medray.broker import BrokerCore, BrokerPolicy, Demand, RunRecord, serve_replicas
-from medray.roles import ROLE_LABEL
-from medray.scheduling import WorkloadProfile
+from medray.broker.actor import serve_replicas
+from medray.broker.policy import BrokerCore, BrokerPolicy, Demand, RunRecord
+from medray.cluster.node_types import ROLE_LABEL
+from medray.scheduling.placement import WorkloadProfile
 
 POLICY = BrokerPolicy(pressure_grace_s=1.0, calm_s=5.0)
 

@@ -7,9 +7,9 @@ import sys
 import jsonschema
 import pytest
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config
 
-from medray.roles import node_types_from_config
+from medray.cluster.node_types import node_types_from_config
+from medray.cluster.ray_internals import validate_cluster_config
 
 from ..conftest import CLUSTER_YAML
 
@@ -20,13 +20,13 @@ def config():
 
 
 def test_validates_with_rays_launcher_schema(config):
-    validate_config(prepare_config(copy.deepcopy(config)))
+    validate_cluster_config(copy.deepcopy(config))
 
 
 def test_schema_validation_is_not_vacuous(config):
     config["available_node_types"]["infer-t4"]["price_per_hour"] = 0.5  # not a launcher key
     with pytest.raises(jsonschema.ValidationError):
-        validate_config(prepare_config(config))
+        validate_cluster_config(config)
 
 
 def test_token_auth_is_on_for_every_ray_start(config):

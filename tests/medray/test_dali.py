@@ -1,10 +1,11 @@
-"""medray.dali: the DALI augmentation pipeline against its plain-PyTorch reference path."""
+"""medray.imaging.augment: the DALI augmentation pipeline against its plain-PyTorch reference path."""
 
 import numpy as np
 import pytest
 import torch
 
-from medray.dali import (
+from medray.errors import ConfigError
+from medray.imaging.augment import (
     AugmentParams,
     AugmentSpec,
     VolumeAugmenter,
@@ -12,7 +13,6 @@ from medray.dali import (
     dali_available,
     default_backend,
 )
-from medray.errors import ConfigError
 
 SHAPE = (4, 6, 8)
 

@@ -1,4 +1,4 @@
-"""medray.deid: PS3.15 Annex E Basic Profile with options, on real pydicom datasets (no cluster)."""
+"""medray.privacy.ps315: PS3.15 Annex E Basic Profile with options, on real pydicom datasets (no cluster)."""
 
 import io
 from datetime import date, timedelta
@@ -10,7 +10,11 @@ from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from medray.deid import (
+from medray.data.cohort import generate_cohort
+from medray.dicom.part10 import parse_part10
+from medray.dicom.volume import REASONS
+from medray.errors import DicomError
+from medray.privacy.ps315 import (
     DEID_REASONS,
     PROFILE_CODES,
     DeidOptions,
@@ -18,11 +22,7 @@ from medray.deid import (
     deidentify,
     method_description,
 )
-from medray.dicom_parse import parse_part10
-from medray.dicom_series import REASONS
-from medray.errors import DicomError
-from medray.pseudonym import date_shift_days, pseudo_uid, pseudonym
-from medray.synth import generate_cohort
+from medray.privacy.pseudonym import date_shift_days, pseudo_uid, pseudonym
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))

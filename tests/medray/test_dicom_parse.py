@@ -1,4 +1,4 @@
-"""medray.dicom_parse: the fast reader gives what pydicom gives, or leaves the file to pydicom."""
+"""medray.dicom.part10: the fast reader gives what pydicom gives, or leaves the file to pydicom."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from medray.dicom_parse import get_value, parse_part10, pixel_data, pixel_data_length, read_part10
-from medray.synth import generate_cohort
+from medray.data.cohort import generate_cohort
+from medray.dicom.part10 import get_value, parse_part10, pixel_data, pixel_data_length, read_part10
 
 KEYWORDS = ("Rows", "Columns", "BitsAllocated", "PixelRepresentation", "SamplesPerPixel",
             "NumberOfFrames", "InstanceNumber", "SliceThickness", "PixelSpacing",
@@ -159,7 +159,7 @@ def test_get_value_reads_as_dataset_get_does(tmp_path, cohort_files):
 
 
 def test_tags_are_shared_between_files_but_never_without_bound(tmp_path, monkeypatch):
-    from medray import dicom_parse
+    from medray.dicom import part10 as dicom_parse
 
     monkeypatch.setattr(dicom_parse, "_TAGS", {})
     first, second = read_part10(write(tmp_path / "a.dcm")), read_part10(write(tmp_path / "b.dcm"))

@@ -1,4 +1,4 @@
-"""medray.dicom_series: reading untrusted instances and stacking a validated CT volume."""
+"""medray.dicom.volume: reading untrusted instances and stacking a validated CT volume."""
 
 import io
 import random
@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     HTJ2KLossless,
@@ -18,12 +19,11 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
-    UID,
 )
 
-from medray.dicom_series import REASONS, Volume, read_instance, sort_slices, volume_from_datasets
+from medray.dicom.volume import REASONS, Volume, read_instance, sort_slices, volume_from_datasets
 from medray.errors import DicomError
-from medray.imaging import InputSpec, normalize_volume
+from medray.imaging.normalize import InputSpec, normalize_volume
 
 PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "MRN-4711"
@@ -225,7 +225,7 @@ def test_unsupported_transfer_syntax(syntax):
 
 
 def test_made_up_transfer_syntaxes_are_refused_and_not_remembered_without_bound():
-    from medray import dicom_series
+    from medray.dicom import volume as dicom_series
 
     for i in range(100):  # a file's transfer syntax can be any string: each is asked about once
         with pytest.raises(DicomError) as excinfo:
@@ -273,7 +273,7 @@ def test_uncompressed_pixel_data_decodes_as_pydicoms_decoder_does():
 
     from pydicom.data import get_testdata_files
 
-    from medray.dicom_series import _decode, _native_dtype
+    from medray.dicom.volume import _decode, _native_dtype
 
     checked = 0
     for path in get_testdata_files("*.dcm"):

@@ -1,4 +1,4 @@
-"""medray.figures: each function writes a small, non-blank PNG of the stated size, its texts searchable."""
+"""medray.demo.figures: each function writes a small, non-blank PNG of the stated size, its texts searchable."""
 
 import sys
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medray import figures
+from medray.demo import figures
 from medray.errors import ConfigError
-from medray.pseudonym import pseudonym
+from medray.privacy.pseudonym import pseudonym
 
 MRN = "MRN-CANARY-0042"  # stands for PHI: it must never reach a figure
 

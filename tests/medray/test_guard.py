@@ -6,10 +6,9 @@ import urllib.request
 import pytest
 import ray
 
-from medray.broker import broker_summary, stop_broker
-from medray.errors import ConfigError
-from medray.gpu import GpuReading, NvmlReader, health_summary, limit_gpu_memory, read_gpus
-from medray.guard import (
+from medray.broker.actor import stop_broker
+from medray.broker.client import broker_summary
+from medray.cluster.guard import (
     GuardState,
     GuardThresholds,
     guard_states,
@@ -18,7 +17,10 @@ from medray.guard import (
     stop_guards,
     violations,
 )
-from medray.scheduling import NODE_ID_LABEL, WorkloadProfile, place
+from medray.cluster.nvml import GpuReading, NvmlReader, health_summary, limit_gpu_memory, read_gpus
+from medray.errors import ConfigError
+from medray.scheduling.options import place
+from medray.scheduling.placement import NODE_ID_LABEL, WorkloadProfile
 
 
 def reading(temp=50.0, used=1000.0, **kw):

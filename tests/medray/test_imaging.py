@@ -1,4 +1,4 @@
-"""medray.imaging: HU, windows, resampling, crop/pad and InputSpec."""
+"""medray.imaging.normalize: HU, windows, resampling, crop/pad and InputSpec."""
 
 import json
 import time
@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from medray.errors import ConfigError
-from medray.imaging import WINDOWS, InputSpec, apply_window, normalize_volume, resample, resample_slices, to_hu
+from medray.imaging.normalize import (
+    WINDOWS,
+    InputSpec,
+    apply_window,
+    normalize_volume,
+    resample,
+    resample_slices,
+    to_hu,
+)
 
 
 def _centroid(vol: np.ndarray) -> np.ndarray:

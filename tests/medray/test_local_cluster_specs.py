@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from medray.local_cluster import full_node_spec, local_node_specs, ray_start_command
+from medray.cluster.local import full_node_spec, local_node_specs, ray_start_command
 
 from ..conftest import CLUSTER_YAML
 

@@ -13,4 +13,4 @@ def test_json_lines_carry_extra_fields():
 
 def test_loggers_live_under_medray():
     assert get_logger("preprocess").name == "medray.preprocess"
-    assert get_logger("medray.status").name == "medray.status"
+    assert get_logger("medray.cluster.status").name == "medray.cluster.status"

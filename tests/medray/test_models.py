@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from medray.errors import ConfigError
-from medray.imaging import InputSpec
+from medray.imaging.normalize import InputSpec
 from medray.models import DEFAULT_INPUT_SPEC, NoduleNet, NoduleNetConfig, build_model
 
 

@@ -5,8 +5,9 @@ import time
 import pytest
 import ray
 
-from medray.roles import NodeType
-from medray.scheduling import WorkloadProfile, place
+from medray.cluster.node_types import NodeType
+from medray.scheduling.options import place
+from medray.scheduling.placement import WorkloadProfile
 
 
 def _node_labels():

@@ -1,10 +1,10 @@
-"""medray.precision: the autocast policy, and that its autocast and GradScaler work on this machine."""
+"""medray.models.precision: the autocast policy, and that its autocast and GradScaler work on this machine."""
 
 import pytest
 import torch
 
 from medray.errors import ConfigError
-from medray.precision import PRECISIONS, choose_precision, resolve_precision
+from medray.models.precision import PRECISIONS, choose_precision, resolve_precision
 
 
 @pytest.mark.parametrize(

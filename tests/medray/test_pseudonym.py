@@ -1,4 +1,4 @@
-"""medray.pseudonym: keyed, deterministic pseudonyms and key loading."""
+"""medray.privacy.pseudonym: keyed, deterministic pseudonyms and key loading."""
 
 import hashlib
 import hmac
@@ -8,7 +8,7 @@ import re
 import pytest
 
 from medray.errors import ConfigError
-from medray.pseudonym import (
+from medray.privacy.pseudonym import (
     KEY_ENV,
     date_shift_days,
     date_shifts,

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from medray.errors import RegistryError
-from medray.imaging import InputSpec
-from medray.registry import list_models, load_state_dict, parse_ref, register, resolve
+from medray.imaging.normalize import InputSpec
+from medray.models.registry import list_models, load_state_dict, parse_ref, register, resolve
 
 SPEC = InputSpec(spacing_mm=(6.0, 6.0, 6.0), shape=(16, 64, 64), window="lung")
 

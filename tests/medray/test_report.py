@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medray.figures import slice_montage
-from medray.report import figure_entry, write_report
+from medray.demo.figures import slice_montage
+from medray.demo.report import figure_entry, write_report
 
 
 def _chromium():

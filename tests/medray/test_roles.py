@@ -1,13 +1,13 @@
 import pytest
 import yaml
 
-from medray.errors import ConfigError
-from medray.roles import (
+from medray.cluster.node_types import (
     NODE_TYPE_LABEL,
     ROLES,
     load_node_types,
     node_types_from_config,
 )
+from medray.errors import ConfigError
 
 from ..conftest import CLUSTER_YAML
 

@@ -1,4 +1,4 @@
-"""medray.safe_harbor: vectorised HIPAA Safe Harbor de-identification of EMR tables (no cluster)."""
+"""medray.privacy.emr: vectorised HIPAA Safe Harbor de-identification of EMR tables (no cluster)."""
 
 import json
 from datetime import date, datetime, timedelta
@@ -8,10 +8,10 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-import medray.safe_harbor as safe_harbor
+import medray.privacy.emr as safe_harbor
+from medray.data.cohort import generate_cohort
 from medray.errors import ConfigError
-from medray.pseudonym import date_shift_days, pseudonym
-from medray.safe_harbor import (
+from medray.privacy.emr import (
     OLDEST_AGE_GROUP,
     RESTRICTED_ZIP3,
     EmrMapping,
@@ -19,7 +19,7 @@ from medray.safe_harbor import (
     age_group,
     deidentify_table,
 )
-from medray.synth import generate_cohort
+from medray.privacy.pseudonym import date_shift_days, pseudonym
 
 KEY = b"k" * 32
 MAPPING = EmrMapping.default()

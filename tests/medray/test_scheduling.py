@@ -2,9 +2,10 @@
 
 import pytest
 
+from medray.cluster.node_types import NodeType
 from medray.errors import PlacementError
-from medray.roles import NodeType
-from medray.scheduling import WorkloadProfile, place
+from medray.scheduling.options import place
+from medray.scheduling.placement import WorkloadProfile
 
 
 def names(placement):

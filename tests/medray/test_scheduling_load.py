@@ -4,16 +4,10 @@ import time
 
 import ray
 
-from medray.roles import NodeType
-from medray.scheduling import (
-    NODE_ID_LABEL,
-    LoadSnapshot,
-    NodeLoad,
-    WorkloadProfile,
-    cluster_load,
-    drained_nodes,
-    place,
-)
+from medray.cluster.node_types import NodeType
+from medray.scheduling.load import cluster_load, drained_nodes
+from medray.scheduling.options import place
+from medray.scheduling.placement import NODE_ID_LABEL, LoadSnapshot, NodeLoad, WorkloadProfile
 
 
 def names(placement):

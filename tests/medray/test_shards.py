@@ -1,4 +1,4 @@
-"""medray.shards: the versioned volume shard schema shared by preprocessing and training."""
+"""medray.data.shards: the versioned volume shard schema shared by preprocessing and training."""
 
 from datetime import date
 
@@ -8,9 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray.data
 
-from medray.imaging import InputSpec
-from medray.scheduling import WorkloadProfile, ray_options
-from medray.shards import (
+from medray.data.shards import (
     NUMERIC_COLUMNS,
     PATIENT_PSEUDONYM,
     SCHEMA_VERSION,
@@ -25,6 +23,9 @@ from medray.shards import (
     window_name,
     write_shard,
 )
+from medray.imaging.normalize import InputSpec
+from medray.scheduling.options import ray_options
+from medray.scheduling.placement import WorkloadProfile
 
 SPEC = InputSpec(shape=(4, 8, 8), spacing_mm=(6, 6, 6), window="lung")
 

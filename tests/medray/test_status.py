@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from medray.status import format_table, node_rows
+from medray.cluster.status import format_table, node_rows
 
 REQUIRED = {"node_id", "role", "site", "storage", "accelerator", "alive", "resources", "drained"}
 

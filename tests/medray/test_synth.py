@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
+from medray.data.cohort import CohortSummary, generate_cohort
 from medray.errors import ConfigError
-from medray.synth import CohortSummary, generate_cohort
 
 PATIENTS = 10
 SEED = 3

@@ -28,13 +28,13 @@ from pydicom.dataset import Dataset
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from medray.audit import AuditError, AuditLog
-from medray.auth import AuthError, TokenFile
-from medray.dicom_series import read_instance
+from medray.dicom.volume import read_instance
 from medray.errors import DicomError
 from medray.logs import get_logger
 from medray.metrics import counter, histogram
-from medray.pseudonym import load_key
+from medray.privacy.pseudonym import load_key
+from medray.security.audit import AuditError, AuditLog
+from medray.security.tokens import AuthError, TokenFile
 from workloads.diagnosis.config import LANES, PRIORITY_HEADER, REASON_STATUS, DiagnosisArgs, expert_key
 from workloads.diagnosis.deployments import Engine
 from workloads.diagnosis.fhir import FHIR_JSON, diagnostic_report

@@ -22,12 +22,13 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import AutoscalingConfig, BackpressureConfig
 
-from medray.broker import get_broker, unwatch_serve, watch_serve
-from medray.roles import NODE_TYPE_LABEL
-from medray.scheduling import WorkloadProfile, place
+from medray.broker.client import get_broker, unwatch_serve, watch_serve
+from medray.cluster.node_types import NODE_TYPE_LABEL
+from medray.scheduling.options import place
+from medray.scheduling.placement import WorkloadProfile
 from workloads.diagnosis.api import DiagnosisAPI
 from workloads.diagnosis.config import LANE_PRIORITIES, LANES, DiagnosisArgs, LaneConfig
-from workloads.diagnosis.deployments import ModelCatalog, Diagnoser
+from workloads.diagnosis.deployments import Diagnoser, ModelCatalog
 
 __all__ = ["APP_NAME", "LANE_DEPLOYMENTS", "build_app", "deployment_options", "lane_options", "watch_lanes",
            "unwatch_lanes"]

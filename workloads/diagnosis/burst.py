@@ -39,17 +39,12 @@ from typing import Any
 
 import numpy as np
 
-from medray.broker import (
-    BrokerPolicy,
-    broker_summary,
-    get_broker,
-    serve_replicas,
-    start_broker,
-    stop_broker,
-)
-from medray.demo import DemoContext
+from medray.broker.actor import serve_replicas, start_broker, stop_broker
+from medray.broker.client import broker_summary, get_broker
+from medray.broker.policy import BrokerPolicy
+from medray.cluster.node_types import NODE_TYPE_LABEL, load_node_types
+from medray.demo.runner import DemoContext
 from medray.errors import ConfigError, MedrayError
-from medray.roles import NODE_TYPE_LABEL, load_node_types
 from workloads.diagnosis.app import APP_NAME, LANE_DEPLOYMENTS
 from workloads.diagnosis.config import LANES, PRIORITY_HEADER
 from workloads.diagnosis.local import run_local, stop_local
@@ -118,11 +113,11 @@ def prepare_kit(work: str | Path, data: str | Path, labels: str | Path, plan: Bu
     study to send; the research config trains on ``data`` (volume shards) and ``labels``."""
     import torch
 
-    from medray.auth import add_client
+    from medray.data.cohort import generate_cohort
     from medray.models import DEFAULT_INPUT_SPEC, NoduleNetConfig, build_model
-    from medray.pseudonym import ensure_key_file
-    from medray.registry import register
-    from medray.synth import generate_cohort
+    from medray.models.registry import register
+    from medray.privacy.pseudonym import ensure_key_file
+    from medray.security.tokens import add_client
     from workloads.diagnosis.multipart import encode_series
 
     work = Path(work).resolve()
@@ -307,7 +302,7 @@ def run_phase(kit: Kit, plan: BurstPlan, *, broker: bool, name: str,
     """
     if get_broker() is not None:
         raise ConfigError("a priority broker is already running: the burst phases start their own "
-                          "(stop it with medray.broker.stop_broker())")
+                          "(stop it with medray.broker.actor.stop_broker())")
     progress_log = kit.work / f"{name}-progress.jsonl"
     progress_log.unlink(missing_ok=True)
     research = kit.research.with_overrides(progress_log=str(progress_log))
@@ -570,7 +565,7 @@ def _prep_outputs(ctx: DemoContext) -> tuple[Path, Path]:
 def stage(ctx: DemoContext, *, plan: BurstPlan = DEMO_PLAN) -> dict[str, Any]:
     """A short burst with the priority broker on the demo cluster: the emergency lane borrows the
     research run's GPUs and gives them back; a table and a timeline figure."""
-    from medray.report import FIGURES_DIR, figure_entry
+    from medray.demo.report import FIGURES_DIR, figure_entry
 
     data, labels = _prep_outputs(ctx)
     kit = prepare_kit(ctx.out / "burst", data, labels, plan, seed=ctx.seed)

@@ -12,15 +12,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medray.cluster.node_types import ROLES
 from medray.errors import RegistryError
-from medray.registry import parse_ref
-from medray.roles import ROLES
+from medray.models.registry import parse_ref
 
 __all__ = ["LANES", "LANE_PRIORITIES", "PRIORITY_HEADER", "REASON_STATUS", "LaneConfig", "DiagnosisArgs",
            "expert_key"]
 
 LANES = ("routine", "emergency")
-# The priority class (medray.broker.PRIORITIES) of each lane's demand when the broker watches it.
+# The priority class (medray.broker.policy.PRIORITIES) of each lane's demand when the broker watches it.
 LANE_PRIORITIES = {"routine": "clinical", "emergency": "emergency"}
 PRIORITY_HEADER = "X-Medray-Priority"
 
@@ -153,7 +153,7 @@ class DiagnosisArgs(_Strict):
         return int(self.max_body_mb * 1024 * 1024)
 
 
-# The HTTP status of each DICOM rejection reason (every one of medray.dicom_series.REASONS).
+# The HTTP status of each DICOM rejection reason (every one of medray.dicom.volume.REASONS).
 REASON_STATUS: dict[str, int] = {
     "not_dicom": 400,
     "truncated": 400,

@@ -16,17 +16,17 @@ from typing import Any
 
 import httpx
 
-from medray import figures
-from medray.audit import verify_chain
-from medray.auth import add_client
-from medray.demo import DemoContext
-from medray.dicom_series import DEFAULT_MAX_PIXELS
+from medray.data.shards import window_name
+from medray.demo import figures
+from medray.demo.report import FIGURES_DIR, figure_entry
+from medray.demo.runner import DemoContext
+from medray.dicom.volume import DEFAULT_MAX_PIXELS
 from medray.errors import RegistryError
-from medray.imaging import InputSpec
-from medray.pseudonym import ensure_key_file
-from medray.registry import resolve
-from medray.report import FIGURES_DIR, figure_entry
-from medray.shards import window_name
+from medray.imaging.normalize import InputSpec
+from medray.models.registry import resolve
+from medray.privacy.pseudonym import ensure_key_file
+from medray.security.audit import verify_chain
+from medray.security.tokens import add_client
 from workloads.diagnosis.local import run_local, stop_local
 from workloads.diagnosis.multipart import DICOM, encode_series
 from workloads.diagnosis.pipeline import prepare

@@ -23,12 +23,12 @@ import ray
 from pydicom.dataset import Dataset
 from ray import serve
 
+from medray.cluster.node_types import NODE_TYPE_LABEL
+from medray.cluster.nvml import limit_gpu_memory
 from medray.errors import DicomError, MedrayError
-from medray.gpu import limit_gpu_memory
 from medray.logs import get_logger
-from medray.pseudonym import load_key, pseudo_uid, pseudonym
-from medray.registry import list_models, resolve
-from medray.roles import NODE_TYPE_LABEL
+from medray.models.registry import list_models, resolve
+from medray.privacy.pseudonym import load_key, pseudo_uid, pseudonym
 from workloads.diagnosis.config import DiagnosisArgs
 from workloads.diagnosis.pipeline import LoadedModel, load_model, predict, prepare
 

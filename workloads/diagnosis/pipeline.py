@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from medray.dicom_series import read_instance, volume_from_datasets
+from medray.dicom.volume import read_instance, volume_from_datasets
 from medray.errors import ConfigError
-from medray.imaging import InputSpec
-from medray.registry import ModelManifest, load_state_dict
+from medray.imaging.normalize import InputSpec
+from medray.models.registry import ModelManifest, load_state_dict
 
 __all__ = ["Study", "LoadedModel", "routing_fields", "prepare", "load_model", "predict"]
 
@@ -48,7 +48,7 @@ class LoadedModel:
 
 
 def routing_fields(ds: Dataset) -> tuple[str, str]:
-    """(Modality, BodyPartExamined) of a parsed instance (:func:`medray.dicom_series.read_instance`),
+    """(Modality, BodyPartExamined) of a parsed instance (:func:`medray.dicom.volume.read_instance`),
     upper-case: what the ingress routes on.
 
     The values come from the input: compare them with known codes, never echo them (a malformed
@@ -61,7 +61,7 @@ def routing_fields(ds: Dataset) -> tuple[str, str]:
 def prepare(instances: Sequence[bytes], spec: InputSpec, *, max_pixels: int, first: Dataset | None = None) -> Study:
     """Read, validate and stack ``instances`` (one series) and normalise them for ``spec``.
 
-    Raises DicomError with a reason of medray.dicom_series.REASONS; ``max_pixels`` bounds each
+    Raises DicomError with a reason of medray.dicom.volume.REASONS; ``max_pixels`` bounds each
     instance before anything is decoded (decompression bombs are refused as ``too_large``).
     ``first``: the first instance already parsed by ``read_instance`` (the ingress routes on it).
     """

@@ -4,7 +4,7 @@ Writes, under the demo output folder:
 
 * ``deid.key``    a fresh de-identification key (mode 0600), reused by later runs and stages,
 * ``prep/``       the DICOM pipeline's output: ``volumes/``, ``quarantine.parquet``, ``manifest.json``
-  (read it with :func:`medray.shards.read_volumes`),
+  (read it with :func:`medray.data.shards.read_volumes`),
 * ``prep/emr/``   the de-identified EMR tables, joinable with the volumes on ``patient_pseudonym``,
 * ``figures/preprocess-*.png``  windowed slices of the shards, the run's counts and the HU histogram.
 
@@ -20,13 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medray import figures
-from medray.deid import DeidOptions
-from medray.demo import DemoContext
-from medray.imaging import WINDOWS
-from medray.pseudonym import ensure_key_file, load_key
-from medray.report import FIGURES_DIR, figure_entry
-from medray.shards import (
+from medray.data.shards import (
     PATIENT_AGE,
     PATIENT_PSEUDONYM,
     PATIENT_SEX,
@@ -35,6 +29,12 @@ from medray.shards import (
     shard_files,
     window_name,
 )
+from medray.demo import figures
+from medray.demo.report import FIGURES_DIR, figure_entry
+from medray.demo.runner import DemoContext
+from medray.imaging.normalize import WINDOWS
+from medray.privacy.ps315 import DeidOptions
+from medray.privacy.pseudonym import ensure_key_file, load_key
 from workloads.preprocess.dicom import DicomOptions, Summary, preprocess_dicom
 from workloads.preprocess.emr import preprocess_emr
 

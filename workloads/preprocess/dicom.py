@@ -8,13 +8,13 @@
 or, from a notebook connected to the cluster, :func:`preprocess_dicom`. Ray Data tasks run on prep
 nodes (placement from :mod:`medray.scheduling`, spilling onto idle inference and training nodes)
 and group every file under IN into series, then de-identify, normalise and write each series
-(:mod:`workloads.preprocess.series`). Two ways to group (``--grouping``, same output): a header
+(:mod:`workloads.preprocess.tasks`). Two ways to group (``--grouping``, same output): a header
 scan of every file, then tasks taking groups of series (two Ray Data executions); or, when the
 export has a folder per series, one execution whose tasks take whole folders, reading each header
 once, after which the few series found in more than one folder are processed again, whole.
 Outputs under OUT:
 
-* ``volumes/<pseudonymous series UID>.parquet`` (schema: :mod:`medray.shards`),
+* ``volumes/<pseudonymous series UID>.parquet`` (schema: :mod:`medray.data.shards`),
 * ``quarantine.parquet`` (path relative to IN, reason code, PHI-free message),
 * ``manifest.json`` (schema version, key id, options, counts, node types, timings).
 
@@ -39,15 +39,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from medray.deid import PROFILE_CODES, TABLE_VERSION, DeidOptions, method_description
+from medray.cluster.local import connect
+from medray.data.shards import SCHEMA_VERSION, VOLUMES_DIR
 from medray.errors import ConfigError, MedrayError
-from medray.imaging import WINDOWS, InputSpec
-from medray.local_cluster import connect
+from medray.imaging.normalize import WINDOWS, InputSpec
 from medray.logs import get_logger
 from medray.metrics import counter
-from medray.pseudonym import key_id, load_key
-from medray.scheduling import Placement
-from medray.shards import SCHEMA_VERSION, VOLUMES_DIR
+from medray.privacy.ps315 import PROFILE_CODES, TABLE_VERSION, DeidOptions, method_description
+from medray.privacy.pseudonym import key_id, load_key
+from medray.scheduling.placement import Placement
 from workloads.preprocess.runs import (
     MANIFEST,
     QUARANTINE,
@@ -65,7 +65,7 @@ from workloads.preprocess.runs import (
     write_manifest,
     write_quarantine,
 )
-from workloads.preprocess.series import (
+from workloads.preprocess.tasks import (
     GROUPINGS,
     DicomOptions,
     Scanned,

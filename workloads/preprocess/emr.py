@@ -4,7 +4,7 @@
 
 or :func:`preprocess_emr` from a notebook. Every ``.parquet`` / ``.csv`` file under IN is one
 table part: ``IN/labs.csv`` is table ``labs``, ``IN/labs/2024-01.parquet`` a part of it. Each part
-is one task on a prep node that applies :func:`medray.safe_harbor.deidentify_table` (pyarrow
+is one task on a prep node that applies :func:`medray.privacy.emr.deidentify_table` (pyarrow
 compute, no per-row Python) and writes ``OUT/<same path>.parquet``. Column roles come from the
 mapping (default: the synthetic cohort's, :meth:`EmrMapping.default`); tables it does not name are
 skipped, columns it does not name are dropped. ``patient_pseudonym`` equals the DICOM pipeline's
@@ -26,12 +26,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from medray.cluster.local import connect
+from medray.data.shards import write_parquet
 from medray.errors import ConfigError, MedrayError
-from medray.local_cluster import connect
 from medray.logs import get_logger
-from medray.pseudonym import key_id, load_key
-from medray.safe_harbor import EmrMapping, deidentify_table
-from medray.shards import write_parquet
+from medray.privacy.emr import EmrMapping, deidentify_table
+from medray.privacy.pseudonym import key_id, load_key
 from workloads.preprocess.runs import (
     default_concurrency,
     format_table,

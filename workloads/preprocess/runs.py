@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from medray.cluster.node_types import NODE_TYPE_LABEL, ROLE_LABEL
+from medray.data.shards import write_parquet
 from medray.errors import ConfigError, PlacementError
-from medray.roles import NODE_TYPE_LABEL, ROLE_LABEL
-from medray.scheduling import Placement, WorkloadProfile, place
-from medray.shards import write_parquet
+from medray.scheduling.options import place
+from medray.scheduling.placement import Placement, WorkloadProfile
 
 if TYPE_CHECKING:
     import ray.data

@@ -7,7 +7,7 @@ from typing import Any
 
 from medray.errors import ConfigError
 from medray.models import NoduleNetConfig
-from medray.precision import PRECISIONS
+from medray.models.precision import PRECISIONS
 from workloads.research.data import NODULE_CODE
 
 __all__ = ["LOADERS", "SYNC_BN_BELOW", "TrainConfig", "parse_workers", "use_sync_bn"]

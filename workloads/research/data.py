@@ -2,7 +2,7 @@
 
 Inputs are the preprocessing workload's outputs, read only through their documented schemas:
 
-* ``DATA``: a volume shard directory (:mod:`medray.shards`: ``DATA/volumes/*.parquet``, one row per
+* ``DATA``: a volume shard directory (:mod:`medray.data.shards`: ``DATA/volumes/*.parquet``, one row per
   series, ``patient_pseudonym`` + ``volume`` already normalised to the shards' InputSpec);
 * ``LABELS``: the de-identified diagnoses table (Parquet or CSV file, or a folder of Parquet parts)
   with ``patient_pseudonym`` and ``icd10_code``. A patient's label is 1 iff any of their rows has
@@ -29,10 +29,11 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
+from medray.data.shards import PATIENT_PSEUDONYM, VOLUME, check_schema, read_volumes, shard_files
 from medray.errors import ConfigError
-from medray.imaging import InputSpec
-from medray.scheduling import WorkloadProfile, place
-from medray.shards import PATIENT_PSEUDONYM, VOLUME, check_schema, read_volumes, shard_files
+from medray.imaging.normalize import InputSpec
+from medray.scheduling.options import place
+from medray.scheduling.placement import WorkloadProfile
 
 if TYPE_CHECKING:
     import ray.data

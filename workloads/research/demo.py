@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medray import figures
-from medray.demo import DemoContext
+from medray.demo import figures
+from medray.demo.report import FIGURES_DIR, figure_entry
+from medray.demo.runner import DemoContext
 from medray.errors import ConfigError
-from medray.report import FIGURES_DIR, figure_entry
 from workloads.research.config import TrainConfig
 from workloads.research.train import TrainResult, train
 

@@ -12,7 +12,7 @@ Every attempt appends its first epoch to ``starts``, which the checkpoint carrie
 that resumed after a failure at epoch 3 ends with ``starts == [0, 3]``.
 
 **Broker runs** (``run_id`` set, see :mod:`workloads.research.preemptible`): after every step all
-ranks ask :func:`medray.broker.yield_requested` together; when asked to yield they checkpoint at
+ranks ask :func:`medray.broker.preemption.yield_requested` together; when asked to yield they checkpoint at
 that very step (mid-epoch), rank 0 reports the checkpoint to the broker, and the loop returns with
 ``yielded`` set: the worker group ends and its GPUs are free. Periodic checkpoints are reported too.
 A run resumed from a mid-epoch checkpoint continues that epoch for its remaining steps, so no step
@@ -45,12 +45,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from medray.broker import report_checkpoint, yield_requested
+from medray.broker.preemption import report_checkpoint, yield_requested
+from medray.cluster.node_types import NODE_TYPE_LABEL
+from medray.data.shards import VOLUME
 from medray.logs import get_logger
 from medray.models import build_model
-from medray.precision import choose_precision
-from medray.roles import NODE_TYPE_LABEL
-from medray.shards import VOLUME
+from medray.models.precision import choose_precision
 from workloads.research.config import TrainConfig, use_sync_bn
 from workloads.research.data import LABEL, ResidentSet, load_resident, resident_budget
 from workloads.research.evaluate import roc_auc

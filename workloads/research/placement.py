@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from medray.cluster.node_types import NODE_TYPE_LABEL, SIMULATED_GPU_LABEL, NodeType, load_node_types
 from medray.errors import PlacementError
-from medray.roles import NODE_TYPE_LABEL, SIMULATED_GPU_LABEL, NodeType, load_node_types
-from medray.scheduling import Placement, WorkloadProfile, place
+from medray.scheduling.options import place
+from medray.scheduling.placement import Placement, WorkloadProfile
 
 __all__ = ["TRAIN_ROLES", "any_candidate_selector", "WorkerPlacement", "place_workers"]
 

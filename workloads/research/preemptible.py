@@ -18,7 +18,7 @@ import os
 import uuid
 from typing import Any
 
-from medray.broker import submit_run
+from medray.broker.actor import submit_run
 from workloads.research.config import TrainConfig
 from workloads.research.train import train
 

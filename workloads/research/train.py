@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medray.cluster.local import connect
 from medray.errors import MedrayError
-from medray.local_cluster import connect
 from medray.logs import get_logger
-from medray.precision import PRECISIONS
-from medray.registry import RegisteredModel, register
+from medray.models.precision import PRECISIONS
+from medray.models.registry import RegisteredModel, register
 from workloads.research.config import LOADERS, SYNC_BN_BELOW, TrainConfig
 from workloads.research.data import Cohort, build_datasets, load_cohort
 from workloads.research.loop import WEIGHTS_FILE, summarise, train_worker

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medray import figures
+from medray.cluster.local import connect
+from medray.cluster.node_types import NODE_TYPE_LABEL
+from medray.demo import figures
 from medray.errors import ConfigError, MedrayError
-from medray.local_cluster import connect
 from medray.logs import get_logger
-from medray.roles import NODE_TYPE_LABEL
 from workloads.research.config import TrainConfig
 from workloads.research.data import build_datasets, load_cohort
 from workloads.research.loop import TuneSession, run

@@ -1,6 +1,6 @@
 """NoduleNet: a small 3D CNN answering "is there a lung nodule in this CT volume?".
 
-Input is the output of :func:`medray.imaging.normalize_volume` with :data:`DEFAULT_INPUT_SPEC`
+Input is the output of :func:`medray.imaging.normalize.normalize_volume` with :data:`DEFAULT_INPUT_SPEC`
 (lung window, 6 mm voxels, 16 x 64 x 64), batched as ``(N, 1, D, H, W)`` floats in [0, 1];
 output is one logit per volume, ``(N,)`` (apply a sigmoid for a probability).
 
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from medray.errors import ConfigError
-from medray.imaging import InputSpec
+from medray.imaging.normalize import InputSpec
 
 __all__ = ["DEFAULT_INPUT_SPEC", "NoduleNetConfig", "NoduleNet", "build_model"]
 
@@ -107,7 +107,7 @@ class NoduleNet(nn.Module):
             # volume that was not normalised with the InputSpec it was trained on.
             raise ValueError(
                 f"NoduleNet expects input (N, 1, {', '.join(map(str, self.config.in_shape))}), "
-                f"got {tuple(x.shape)}: normalise with medray.imaging.normalize_volume and the model's InputSpec"
+                f"got {tuple(x.shape)}: normalise with medray.imaging.normalize.normalize_volume and the model's InputSpec"
             )
         f1 = self.stage1(self.stem((x - _INPUT_CENTER) * _INPUT_SCALE))  # (N, 2w, D/2, H/4, W/4)
         f2 = self.stage2(f1)  # (N, 4w, D/4, H/8, W/8)

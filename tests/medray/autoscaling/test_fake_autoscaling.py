@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from medray.autoscaling import FAKE_HEAD_NODE_TYPE, fake_provider_config, fake_provider_node_types
-from medray.local_cluster import local_node_specs
+from medray.cluster.autoscaling import FAKE_HEAD_NODE_TYPE, fake_provider_config, fake_provider_node_types
+from medray.cluster.local import local_node_specs
 
 CLUSTER_YAML = Path(__file__).resolve().parents[3] / "cluster.yaml"
 IDLE_TIMEOUT_S = 4.0
@@ -54,8 +54,9 @@ def test_demand_starts_the_placed_node_type_and_idle_nodes_go_away():
 def scenario():
     import ray
 
-    from medray.autoscaling import fake_autoscaling_cluster
-    from medray.scheduling import WorkloadProfile, place
+    from medray.cluster.autoscaling import fake_autoscaling_cluster
+    from medray.scheduling.options import place
+    from medray.scheduling.placement import WorkloadProfile
 
     def alive():
         return sorted(n["Labels"].get("medray.io/node-type", "?") for n in ray.nodes() if n["Alive"])

@@ -5,9 +5,9 @@ import secrets
 import pytest
 import torch
 
-from medray.auth import add_client
 from medray.models import DEFAULT_INPUT_SPEC, NoduleNetConfig, build_model
-from medray.registry import register
+from medray.models.registry import register
+from medray.security.tokens import add_client
 
 
 def register_seeded(registry, seed, *, metrics=None):
@@ -37,7 +37,7 @@ def service_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    from medray.synth import generate_cohort
+    from medray.data.cohort import generate_cohort
 
     out = tmp_path_factory.mktemp("cohort")
     generate_cohort(out, patients=4, seed=3, rows=64, slices=10)

@@ -19,8 +19,11 @@ import httpx
 import pytest
 import ray
 
-from medray.broker import BrokerPolicy, broker_summary, serve_replicas, start_broker, stop_broker
-from medray.roles import load_node_types
+from medray.broker.actor import serve_replicas, start_broker, stop_broker
+from medray.broker.client import broker_summary
+from medray.broker.policy import BrokerPolicy
+from medray.cluster import ray_internals
+from medray.cluster.node_types import load_node_types
 from tests.workloads.research.conftest import write_training_data
 from workloads.diagnosis.app import APP_NAME
 from workloads.diagnosis.burst import BurstPlan, PhaseResult, diagnosis_args, format_table, prepare_kit
@@ -53,10 +56,8 @@ def gpus_free():
 
 
 def free_gpus(role):
-    from ray._private.state import available_resources_per_node
-
     roles = {n["NodeID"]: n["Labels"]["medray.io/role"] for n in ray.nodes() if n["Alive"]}
-    return sum(free.get("GPU", 0) for node, free in available_resources_per_node().items() if roles.get(node) == role)
+    return sum(free.get("GPU", 0) for node, free in ray_internals.available_resources_per_node().items() if roles.get(node) == role)
 
 
 def run_state():

@@ -2,8 +2,8 @@
 
 from PIL import Image
 
-from medray.demo import DemoContext
-from medray.synth import generate_cohort
+from medray.data.cohort import generate_cohort
+from medray.demo.runner import DemoContext
 from tests.workloads.diagnosis.conftest import register_seeded
 from tests.workloads.preprocess.helpers import canaries
 from workloads.diagnosis.demo import HELD_OUT, stage

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from medray.serve_cli import resolve_config
+from medray.cli.serve import resolve_config
 from workloads.diagnosis.app import deployment_options
 from workloads.diagnosis.config import DiagnosisArgs
 

@@ -18,8 +18,9 @@ import ray
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydicom.data import get_testdata_file
 
-from medray.audit import verify_chain
-from medray.pseudonym import load_key, pseudo_uid, pseudonym
+from medray.cluster import ray_internals
+from medray.privacy.pseudonym import load_key, pseudo_uid, pseudonym
+from medray.security.audit import verify_chain
 from tests.workloads.diagnosis import _dicom
 from tests.workloads.diagnosis.conftest import register_seeded
 from workloads.diagnosis.local import run_local, stop_local
@@ -319,7 +320,7 @@ def test_every_request_is_audited_without_phi_and_tampering_is_detected(service,
     statuses = {int(s) for s in re.findall(r'"status":(\d+)', text)}
     assert {200, 400, 401, 403, 413, 415, 422, 503} <= statuses
     # No PHI in any log of the cluster's session either (replicas, proxies, controller).
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    logs = ray_internals.logs_dir()
     texts = [p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file()]
     assert any("lane routine loaded model nodule:1" in t for t in texts), "replica logs were not found"
     for t in texts:

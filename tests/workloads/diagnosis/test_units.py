@@ -6,9 +6,9 @@ import torch
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydantic import ValidationError
 
-from medray.dicom_series import REASONS, read_instance, volume_from_datasets
+from medray.dicom.volume import REASONS, read_instance, volume_from_datasets
 from medray.errors import DicomError
-from medray.imaging import normalize_volume
+from medray.imaging.normalize import normalize_volume
 from tests.workloads.diagnosis._dicom import ct_slice, series
 from tests.workloads.diagnosis.conftest import register_seeded
 from workloads.diagnosis.api import route_expert

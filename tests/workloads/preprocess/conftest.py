@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from medray.deid import DeidOptions
-from medray.pseudonym import ensure_key_file, load_key
-from medray.synth import generate_cohort
+from medray.data.cohort import generate_cohort
+from medray.privacy.ps315 import DeidOptions
+from medray.privacy.pseudonym import ensure_key_file, load_key
 from tests.workloads.preprocess.helpers import PATIENTS, ROWS, SLICES
 from workloads.preprocess.dicom import DicomOptions, preprocess_dicom
 

@@ -7,9 +7,9 @@ import stat
 
 from PIL import Image
 
-from medray.demo import DemoContext
-from medray.shards import shard_files
-from medray.synth import generate_cohort
+from medray.data.cohort import generate_cohort
+from medray.data.shards import shard_files
+from medray.demo.runner import DemoContext
 from tests.workloads.preprocess.helpers import canaries
 from workloads.preprocess.demo import stage
 

@@ -13,14 +13,14 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML
 
+from medray.data.shards import shard_files
 from medray.errors import ConfigError
-from medray.imaging import InputSpec
-from medray.pseudonym import key_id, pseudo_uid, pseudonym
-from medray.shards import shard_files
+from medray.imaging.normalize import InputSpec
+from medray.privacy.pseudonym import key_id, pseudo_uid, pseudonym
 from tests.workloads.preprocess.helpers import PATIENTS, ROWS, SLICES, copy_dicom
 from workloads.preprocess.dicom import DicomOptions, preprocess_dicom
 from workloads.preprocess.runs import start_tasks_at_once
-from workloads.preprocess.series import QUARANTINE_REASONS, pending_path
+from workloads.preprocess.tasks import QUARANTINE_REASONS, pending_path
 
 PREP_NODE_TYPES = {"cpu-prep", "bulk-prep"}
 

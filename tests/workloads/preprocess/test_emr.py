@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 
-from medray.pseudonym import date_shift_days, key_id, pseudonym
-from medray.safe_harbor import EmrMapping
+from medray.privacy.emr import EmrMapping
+from medray.privacy.pseudonym import date_shift_days, key_id, pseudonym
 from tests.workloads.preprocess.helpers import PATIENTS
 from workloads.preprocess.emr import preprocess_emr
 

@@ -19,7 +19,7 @@ from pydicom.data import get_testdata_files
 
 from tests.conftest import REPO
 from tests.workloads.preprocess.helpers import PATIENTS, canaries, copy_dicom
-from workloads.preprocess.series import QUARANTINE_REASONS
+from workloads.preprocess.tasks import QUARANTINE_REASONS
 
 
 def run_cli(module: str, args: list[str], ray_cluster) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from workloads.preprocess.sniff import sniff_series
+from medray.dicom.sniff import sniff_series
 
 
 def test_agrees_with_pydicom_wherever_it_answers(cohort):

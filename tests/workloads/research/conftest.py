@@ -1,7 +1,7 @@
 """Fixtures of the research tests: preprocessed training data in the shard schema, and its labels.
 
 :func:`write_training_data` stands in for the preprocessing workload (same schema, written with
-:mod:`medray.shards`, same keyed pseudonyms) but skips de-identification of the DICOM headers,
+:mod:`medray.data.shards`, same keyed pseudonyms) but skips de-identification of the DICOM headers,
 which training never reads, so that a few hundred patients take seconds, not minutes. Swap it
 for ``workloads.preprocess`` (``preprocess_dicom`` + ``preprocess_emr``) to test end to end.
 """
@@ -16,11 +16,11 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from medray.dicom_series import read_instance, volume_from_datasets
-from medray.imaging import InputSpec
-from medray.pseudonym import pseudo_uid, pseudonym
-from medray.shards import VOLUMES_DIR, VolumeRecord, build_table, window_name, write_parquet, write_shard
-from medray.synth import generate_cohort
+from medray.data.cohort import generate_cohort
+from medray.data.shards import VOLUMES_DIR, VolumeRecord, build_table, window_name, write_parquet, write_shard
+from medray.dicom.volume import read_instance, volume_from_datasets
+from medray.imaging.normalize import InputSpec
+from medray.privacy.pseudonym import pseudo_uid, pseudonym
 
 KEY = b"research-tests-key-0123456789abcdef"
 # The held-out AUC test's cohort: big enough that AUC >= 0.9 is reached robustly (docs/research.md).

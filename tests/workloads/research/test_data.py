@@ -6,10 +6,10 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
+from medray.data.shards import VOLUME
 from medray.errors import ConfigError
-from medray.imaging import InputSpec
-from medray.pseudonym import pseudonym
-from medray.shards import VOLUME
+from medray.imaging.normalize import InputSpec
+from medray.privacy.pseudonym import pseudonym
 from tests.workloads.research.conftest import KEY, SMALL_PATIENTS
 from workloads.research.data import LABEL, build_datasets, load_cohort, read_positive_patients, split_patients
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medray.demo import DemoContext
+from medray.demo.runner import DemoContext
 from medray.errors import ConfigError
-from medray.registry import resolve
+from medray.models.registry import resolve
 from workloads.research.demo import stage
 
 

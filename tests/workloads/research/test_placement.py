@@ -2,9 +2,10 @@
 
 import pytest
 
+from medray.cluster.node_types import NODE_TYPE_LABEL, NodeType
 from medray.errors import PlacementError
-from medray.roles import NODE_TYPE_LABEL, NodeType
-from medray.scheduling import WorkloadProfile, place
+from medray.scheduling.options import place
+from medray.scheduling.placement import WorkloadProfile
 from workloads.research.placement import any_candidate_selector, place_workers
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medray.data.shards import VOLUME
 from medray.errors import ConfigError
-from medray.registry import list_models
-from medray.shards import VOLUME
+from medray.models.registry import list_models
 from workloads.research.config import TrainConfig
 from workloads.research.data import LABEL, ResidentSet, load_resident
 from workloads.research.train import train

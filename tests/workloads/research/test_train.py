@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from ray._private import state as ray_state
 
-from medray.imaging import InputSpec
+from medray.cluster import ray_internals
+from medray.data.shards import PATIENT_PSEUDONYM, VOLUME, shard_files
+from medray.imaging.normalize import InputSpec
 from medray.models import build_model
-from medray.registry import list_models, load_state_dict
-from medray.shards import PATIENT_PSEUDONYM, VOLUME, shard_files
+from medray.models.registry import list_models, load_state_dict
 from workloads.research.config import TrainConfig
 from workloads.research.data import load_cohort
 from workloads.research.evaluate import roc_auc
@@ -39,7 +39,7 @@ def _registered_checkpoints(run_dir) -> list[str]:
 
 
 def _alive_train_worker_pids() -> list[int]:
-    actors = ray_state.actors().values()
+    actors = ray_internals.actors("ALIVE").values()
     return [a["Pid"] for a in actors if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"]
 
 

@@ -2,7 +2,7 @@
 
 import csv
 
-from medray.registry import list_models
+from medray.models.registry import list_models
 from workloads.research.config import TrainConfig
 from workloads.research.tune import SearchSpace, tune, worker_slots
 

@@ -1,0 +1,280 @@
+"""The broker actor: it observes the cluster, asks :class:`~medray.broker.policy.BrokerCore` what to do,
+and starts, asks to yield, resumes and stops the runs it was given (see :mod:`medray.broker`).
+
+The broker is a named, detached actor (``medray-broker`` in namespace ``medray``) on the head node.
+Runs are its tasks, so they share its fate: stopping the broker stops its runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+from typing import Any
+
+import ray
+
+from medray import metrics
+from medray.broker.client import BROKER_NAME, NAMESPACE, get_broker, require_broker
+from medray.broker.policy import BrokerCore, BrokerPolicy, Event, RunRecord
+from medray.broker.preemption import _polls
+from medray.cluster import ray_internals
+from medray.cluster.node_types import ROLE_LABEL
+from medray.errors import ConfigError
+from medray.logs import get_logger
+from medray.scheduling.options import place
+from medray.scheduling.placement import WorkloadProfile
+
+__all__ = ["Broker", "DRIVER_PROFILE", "serve_replicas", "start_broker", "stop_broker", "stop_run", "submit_run"]
+
+# Where a run's own task goes when the caller names no profile: the driver of a Train/Tune run
+# mostly waits, and its workers take their GPUs through their own placement.
+DRIVER_PROFILE = WorkloadProfile(roles=("coordinator", "prep"), num_cpus=0)
+
+_log = get_logger("medray.broker")
+
+
+def _run_entrypoint(entrypoint: str, config: dict[str, Any], run_id: str, resume_from: str | None) -> Any:
+    module, _, name = entrypoint.partition(":")
+    fn = getattr(importlib.import_module(module), name)
+    # Ray reuses worker processes: the answer "yield" cached for an earlier attempt of this run in
+    # this process must not make the resumed attempt stop at its first step.
+    _polls.pop(run_id, None)
+    try:
+        return fn(config, run_id=run_id, resume_from=resume_from)
+    finally:
+        _polls.pop(run_id, None)
+
+
+_run_task = ray.remote(_run_entrypoint)
+
+
+def serve_replicas(app: str, deployment: str) -> tuple[int, list[str]]:
+    """(replicas Ray cannot place, node ids of the placed ones) of a Serve deployment.
+
+    From Ray's actor table (replica actors are named ``SERVE_REPLICA::<app>#<deployment>#<id>``).
+    An actor stays ``PENDING_CREATION`` until its constructor returned, also once placed: only
+    those without a worker process yet are waiting for resources. Placed ones count where they
+    run, starting or alive.
+    """
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    pending, placed = 0, []
+    for state in ("PENDING_CREATION", "ALIVE"):
+        for a in ray_internals.actors(state).values():
+            if not a["Name"].startswith(prefix):
+                continue
+            if a["Pid"]:
+                placed.append(a["Address"]["NodeID"])
+            else:
+                pending += 1
+    return pending, placed
+
+
+def _export_event(e: Event) -> None:
+    _log.info(f"{e.action} {e.subject}: {e.reason}",
+              extra={"broker_action": e.action, "subject": e.subject, "reason": e.reason})
+    metrics.counter("broker_events_total", "priority broker decisions and observations",
+                    ("action",)).inc(tags={"action": e.action})
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class Broker:
+    """The broker actor (start with :func:`start_broker`); see the module docstring."""
+
+    def __init__(self, policy: BrokerPolicy) -> None:
+        self._core = BrokerCore(policy, on_event=_export_event)
+        self._tasks: dict[str, Any] = {}
+        self._watches: dict[str, tuple[str, str, str]] = {}
+        self._node_roles: dict[str, str] = {}
+        self._loop: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """Start the decision loop (idempotent)."""
+        if self._loop is None or self._loop.done():
+            self._loop = asyncio.get_running_loop().create_task(self._forever())
+
+    async def _forever(self) -> None:
+        while True:
+            try:
+                self._step()
+            except Exception:  # one bad step must never stop the broker
+                _log.exception("broker step failed")
+            await asyncio.sleep(self._core.policy.interval_s)
+
+    def _step(self) -> None:
+        now = time.time()
+        self._collect_ended(now)
+        self._poll_watches(now)
+        for decision in self._core.tick(now):
+            if decision.action == "resume":
+                self._start(self._core.runs[decision.run_id])
+        self._export_gauges()
+
+    def _collect_ended(self, now: float) -> None:
+        if not self._tasks:
+            return
+        ready, _ = ray.wait(list(self._tasks.values()), num_returns=len(self._tasks), timeout=0)
+        for run_id, ref in list(self._tasks.items()):
+            if ref not in ready:
+                continue
+            del self._tasks[run_id]
+            try:
+                ray.get(ref)
+                error = None
+            except Exception as e:  # the type only: a message could carry data from the run
+                error = type(getattr(e, "cause", None) or e).__name__
+            self._core.run_ended(now, run_id, error)
+
+    def _poll_watches(self, now: float) -> None:
+        for lane, (app, deployment, priority) in self._watches.items():
+            pending, nodes = serve_replicas(app, deployment)
+            if any(n not in self._node_roles for n in nodes):
+                self._node_roles = {n["NodeID"]: (n.get("Labels") or {}).get(ROLE_LABEL, "")
+                                    for n in ray.nodes()}
+            borrowed = sum(self._node_roles.get(n) in self._core.policy.lend_roles for n in nodes)
+            self._core.report_demand(Demand(lane=lane, priority=priority, pending=pending,
+                                            running=len(nodes), borrowed=borrowed, at=now,
+                                            source="serve"))
+
+    def _export_gauges(self) -> None:
+        runs = metrics.gauge("broker_runs", "runs known to the broker by state", ("state",))
+        for state in RUN_STATES:
+            runs.set(float(sum(r.state == state for r in self._core.runs.values())),
+                     tags={"state": state})
+        pending = metrics.gauge("broker_lane_pending", "units a lane waits to place", ("lane",))
+        borrowed = metrics.gauge("broker_lane_borrowed", "units a lane runs on lent nodes", ("lane",))
+        for d in self._core.demands.values():
+            pending.set(float(d.pending), tags={"lane": d.lane})
+            borrowed.set(float(d.borrowed), tags={"lane": d.lane})
+
+    def _start(self, run: RunRecord) -> None:
+        # Drains passed in: asking this very actor through medray.scheduling would block its loop.
+        opts = place(run.profile, drained=frozenset(self._core.drained_nodes())).ray_options()
+        self._tasks[run.run_id] = _run_task.options(max_retries=0, **opts).remote(
+            run.entrypoint, run.config, run.run_id, run.checkpoint_path)
+
+    # Runs -----------------------------------------------------------------------------------
+
+    async def submit_run(self, run_id: str, entrypoint: str, config: dict[str, Any], priority: str,
+                         profile: WorkloadProfile) -> None:
+        record = RunRecord(run_id=run_id, priority=priority, entrypoint=entrypoint, config=config,
+                           profile=profile, submitted_at=time.time())
+        self._core.add_run(record)
+        self._start(record)
+
+    async def should_yield(self, run_id: str) -> bool:
+        return self._core.should_yield(run_id)
+
+    async def stop_runs(self, run_ids: list[str] | None = None) -> list[str]:
+        """Ask runs (all when None) to stop for good; returns those whose tasks still have to end."""
+        now = time.time()
+        return [run_id for run_id in (run_ids if run_ids is not None else list(self._core.runs))
+                if self._core.stop_run(now, run_id)]
+
+    async def active_runs(self, run_ids: list[str]) -> list[str]:
+        """Those of ``run_ids`` whose tasks have not ended yet."""
+        return [run_id for run_id in run_ids if run_id in self._tasks]
+
+    async def report_checkpoint(self, run_id: str, step: int, path: str | None) -> None:
+        self._core.report_checkpoint(run_id, step, path)
+
+    # Demand and nodes -----------------------------------------------------------------------
+
+    async def report_demand(self, lane: str, priority: str, pending: int, running: int,
+                            borrowed: int) -> None:
+        self._core.report_demand(Demand(lane=lane, priority=priority, pending=pending, running=running,
+                                        borrowed=borrowed, at=time.time()))
+
+    async def watch_serve(self, lane: str, app: str, deployment: str, priority: str) -> None:
+        _rank(priority)
+        self._watches[lane] = (app, deployment, priority)
+        self._core.event(time.time(), "watch", lane, f"Serve deployment {app}/{deployment} as {priority}")
+
+    async def unwatch_serve(self, lane: str) -> None:
+        self._watches.pop(lane, None)
+        self._core.demands.pop(lane, None)
+
+    async def report_node(self, node_id: str, node_type: str, *, drained: bool, reasons: list[str],
+                          max_temperature_c: float | None) -> None:
+        self._core.report_node(time.time(), node_id, node_type, drained=drained, reasons=reasons,
+                               max_temperature_c=max_temperature_c)
+
+    async def forget_node(self, node_id: str) -> None:
+        self._core.forget_node(time.time(), node_id)
+
+    async def drained_nodes(self) -> list[str]:
+        return self._core.drained_nodes()
+
+    async def node_health(self) -> dict[str, dict[str, Any]]:
+        return self._core.node_health()
+
+    async def summary(self, events: int = 20) -> dict[str, Any]:
+        return self._core.summary(time.time(), events=events)
+
+    async def events(self, since: float = 0.0) -> list[dict[str, Any]]:
+        return [asdict(e) for e in self._core.events if e.at >= since]
+
+
+def start_broker(policy: BrokerPolicy | None = None) -> Any:
+    """Start the broker on the head node, or return the running one (whose policy then stays)."""
+    opts = place(WorkloadProfile(roles=("coordinator",), num_cpus=0)).ray_options()
+    broker = Broker.options(name=BROKER_NAME, namespace=NAMESPACE, lifetime="detached",
+                            get_if_exists=True, **opts).remote(policy or BrokerPolicy())
+    ray.get(broker.run.remote())
+    return broker
+
+
+def _stop_runs(broker: Any, run_ids: list[str] | None, timeout_s: float) -> list[str]:
+    """Ask runs to stop and wait up to ``timeout_s`` for their tasks to end; returns those still running."""
+    waiting = ray.get(broker.stop_runs.remote(run_ids))
+    deadline = time.monotonic() + timeout_s
+    while waiting and time.monotonic() < deadline:
+        time.sleep(0.2)
+        waiting = ray.get(broker.active_runs.remote(waiting))
+    return waiting
+
+
+def stop_run(run_id: str, *, timeout_s: float = 60.0) -> bool:
+    """Ask run ``run_id`` to checkpoint and stop for good (it is never resumed); wait for it.
+
+    Returns True once its task has ended (or it was not running), False after ``timeout_s``.
+    """
+    return not _stop_runs(require_broker(), [run_id], timeout_s)
+
+
+def stop_broker(*, grace_s: float = 30.0) -> None:
+    """Stop the broker and the runs it started.
+
+    Running runs are first asked to stop (:func:`stop_run`) and given ``grace_s`` to end; the
+    broker is then killed, and with it the tasks of runs that did not end.
+    """
+    broker = get_broker()
+    if broker is None:
+        return
+    if grace_s > 0:
+        try:
+            _stop_runs(broker, None, grace_s)
+        except ray.exceptions.RayError:  # a broker that does not answer is killed all the same
+            pass
+    ray.kill(broker)
+
+
+def submit_run(
+    run_id: str,
+    entrypoint: str,
+    config: dict[str, Any] | None = None,
+    *,
+    priority: str = "research",
+    profile: WorkloadProfile = DRIVER_PROFILE,
+) -> None:
+    """Start a preemptible run through the broker.
+
+    ``entrypoint`` is ``"package.module:function"``, called in a Ray task placed by ``profile`` as
+    ``function(config, run_id=run_id, resume_from=path_or_None)``. It polls :func:`yield_requested`,
+    reports checkpoints with :func:`report_checkpoint`, and returns when asked to yield; the broker
+    calls it again with ``resume_from`` set to the last checkpoint path it reported.
+    """
+    if ":" not in entrypoint:
+        raise ConfigError(f"entrypoint {entrypoint!r} must be 'package.module:function'")
+    ray.get(require_broker().submit_run.remote(run_id, entrypoint, dict(config or {}), priority,
+                                                profile))

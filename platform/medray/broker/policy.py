@@ -1,0 +1,300 @@
+"""The broker's decisions as pure state: priority classes, runs, lane demand, node drains, lend and give back.
+
+No Ray here: :mod:`medray.broker.actor` feeds :class:`BrokerCore` what it observes and carries out the
+:class:`Decision` s it returns (see :mod:`medray.broker` for the whole picture).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from medray.errors import ConfigError
+from medray.scheduling.placement import WorkloadProfile
+
+__all__ = ["PRIORITIES", "RUN_STATES", "BrokerPolicy", "Demand", "Event", "RunRecord", "Decision", "BrokerCore"]
+
+PRIORITIES = ("emergency", "clinical", "batch", "research")  # highest first
+RUN_STATES = ("running", "yielding", "yielded", "stopping", "stopped", "finished", "failed")
+
+
+def _rank(priority: str) -> int:
+    if priority not in PRIORITIES:
+        raise ConfigError(f"unknown priority class {priority!r}; classes are {PRIORITIES}")
+    return PRIORITIES.index(priority)
+
+
+@dataclass(frozen=True)
+class BrokerPolicy:
+    """How eagerly the broker lends and returns GPUs.
+
+    ``pressure_grace_s``: how long a lane must have pending units before runs are asked to yield
+    (filters replicas that are merely being placed). ``calm_s``: how long every lane must be back on
+    its own nodes, with nothing pending, before yielded runs start again. ``demand_ttl_s``: pushed
+    demand older than this is ignored. ``lend_roles``: node roles whose GPUs runs hold and lanes
+    borrow (a lane's units alive there are "borrowed").
+    """
+
+    interval_s: float = 0.5
+    pressure_grace_s: float = 1.0
+    calm_s: float = 10.0
+    demand_ttl_s: float = 10.0
+    lend_roles: tuple[str, ...] = ("train",)
+    event_capacity: int = 1000
+
+    def __post_init__(self) -> None:
+        if min(self.interval_s, self.demand_ttl_s) <= 0 or min(self.pressure_grace_s, self.calm_s) < 0:
+            raise ConfigError("interval_s and demand_ttl_s must be > 0, grace and calm times >= 0")
+
+
+@dataclass(frozen=True)
+class Demand:
+    """A lane's want at one moment: units (replicas) pending for a GPU, running, and running on lent nodes."""
+
+    lane: str
+    priority: str
+    pending: int
+    running: int = 0
+    borrowed: int = 0
+    at: float = 0.0
+    source: str = "push"
+
+    def __post_init__(self) -> None:
+        _rank(self.priority)
+        if min(self.pending, self.running, self.borrowed) < 0:
+            raise ConfigError("pending, running and borrowed must be >= 0")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One broker decision or observation: what, about whom (run id, lane or node type), and why."""
+
+    at: float
+    action: str
+    subject: str
+    reason: str
+
+
+@dataclass
+class RunRecord:
+    """A run the broker started and can start again."""
+
+    run_id: str
+    priority: str
+    entrypoint: str
+    config: dict[str, Any]
+    profile: WorkloadProfile
+    state: str = "running"
+    attempt: int = 1
+    yields: int = 0
+    checkpoint_step: int | None = None
+    checkpoint_path: str | None = None
+    submitted_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record without its config (which may hold paths, never shown in status)."""
+        d = asdict(self)
+        del d["config"], d["profile"]
+        return d
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the broker actor must carry out: ``yield`` (ask a run to stop) or ``resume`` (start it again)."""
+
+    action: str
+    run_id: str
+    reason: str
+
+
+@dataclass
+class _Node:
+    node_type: str
+    drained: bool
+    reasons: tuple[str, ...]
+    max_temperature_c: float | None
+    since: float
+
+
+class BrokerCore:
+    """The broker's state and decisions, without Ray: the actor feeds it and carries out its decisions."""
+
+    def __init__(self, policy: BrokerPolicy | None = None, *,
+                 on_event: Callable[[Event], None] | None = None) -> None:
+        self.policy = policy or BrokerPolicy()
+        self.runs: dict[str, RunRecord] = {}
+        self.demands: dict[str, Demand] = {}
+        self.nodes: dict[str, _Node] = {}
+        self.events: deque[Event] = deque(maxlen=self.policy.event_capacity)
+        self._on_event = on_event
+        self._pending_since: dict[str, float] = {}
+        self._calm_since: float | None = None
+        self._unmet_lanes: set[str] = set()
+
+    def event(self, now: float, action: str, subject: str, reason: str) -> None:
+        e = Event(at=now, action=action, subject=subject, reason=reason)
+        self.events.append(e)
+        if self._on_event is not None:
+            self._on_event(e)
+
+    # Inputs ---------------------------------------------------------------------------------
+
+    def add_run(self, record: RunRecord) -> None:
+        _rank(record.priority)
+        if record.priority in ("emergency", "clinical"):
+            raise ConfigError(f"run {record.run_id!r}: {record.priority} work is a lane, not a "
+                              "run that can be asked to yield; use priority 'batch' or 'research'")
+        old = self.runs.get(record.run_id)
+        if old is not None and old.state in ("running", "yielding", "stopping"):
+            raise MedrayError(f"run {record.run_id!r} is already {old.state}: pick another run id "
+                              "or wait for it to end")
+        self.runs[record.run_id] = record
+        self.event(record.submitted_at, "submit", record.run_id, f"priority {record.priority}")
+
+    def should_yield(self, run_id: str) -> bool:
+        run = self.runs.get(run_id)
+        return run is not None and run.state in ("yielding", "stopping")
+
+    def stop_run(self, now: float, run_id: str) -> bool:
+        """Ask a run to checkpoint and stop for good; True while its task still has to end."""
+        run = self.runs.get(run_id)
+        if run is None or run.state in ("stopped", "finished", "failed"):
+            return False
+        self.event(now, "stop", run_id, f"requested while {run.state}")
+        if run.state == "yielded":  # not running: nothing to wait for, and never resumed
+            run.state = "stopped"
+            return False
+        run.state = "stopping"
+        return True
+
+    def report_checkpoint(self, run_id: str, step: int, path: str | None) -> None:
+        run = self.runs.get(run_id)
+        if run is not None:
+            run.checkpoint_step, run.checkpoint_path = step, path
+
+    def report_demand(self, demand: Demand) -> None:
+        self.demands[demand.lane] = demand
+
+    def run_ended(self, now: float, run_id: str, error: str | None = None) -> None:
+        """A run's task returned (``error``: the exception's type name when it raised)."""
+        run = self.runs[run_id]
+        if error is not None:
+            run.state = "failed"
+            self.event(now, "failed", run_id, f"raised {error}")
+        elif run.state in ("yielding", "stopping"):
+            run.state = "yielded" if run.state == "yielding" else "stopped"
+            at = f"step {run.checkpoint_step}" if run.checkpoint_step is not None else "no checkpoint"
+            self.event(now, run.state, run_id, f"GPUs released, last checkpoint {at}")
+        else:
+            run.state = "finished"
+            self.event(now, "finished", run_id, "entrypoint returned")
+
+    def report_node(self, now: float, node_id: str, node_type: str, *, drained: bool,
+                    reasons: Sequence[str], max_temperature_c: float | None) -> None:
+        old = self.nodes.get(node_id)
+        if old is None or old.drained != drained:
+            self.nodes[node_id] = _Node(node_type, drained, tuple(reasons), max_temperature_c, now)
+            if drained:
+                self.event(now, "drain", node_type, f"node {node_id[:8]}: {', '.join(reasons)}")
+            elif old is not None:
+                self.event(now, "undrain", node_type, f"node {node_id[:8]} recovered")
+        else:
+            old.reasons, old.max_temperature_c = tuple(reasons), max_temperature_c
+
+    def forget_node(self, now: float, node_id: str) -> None:
+        node = self.nodes.pop(node_id, None)
+        if node is not None and node.drained:
+            self.event(now, "undrain", node.node_type, f"node {node_id[:8]}: guard stopped")
+
+    # Decisions ------------------------------------------------------------------------------
+
+    def _fresh_demands(self, now: float) -> list[Demand]:
+        return [d for d in self.demands.values() if now - d.at <= self.policy.demand_ttl_s]
+
+    def tick(self, now: float) -> list[Decision]:
+        """Decide who yields and who resumes now."""
+        fresh = self._fresh_demands(now)
+        for d in fresh:
+            if d.pending:
+                self._pending_since.setdefault(d.lane, d.at)
+            else:
+                self._pending_since.pop(d.lane, None)
+        for lane in set(self._pending_since) - {d.lane for d in fresh}:
+            del self._pending_since[lane]
+        starved = sorted(
+            (d for d in fresh
+             if d.pending and now - self._pending_since[d.lane] >= self.policy.pressure_grace_s),
+            key=lambda d: _rank(d.priority),
+        )
+        if starved:
+            self._calm_since = None
+            return self._lend(now, starved)
+        self._unmet_lanes.clear()
+        return self._give_back(now, fresh)
+
+    def _lend(self, now: float, starved: list[Demand]) -> list[Decision]:
+        top = starved[0]
+        yielding = sum(r.state == "yielding" for r in self.runs.values())
+        need = sum(d.pending for d in starved) - yielding
+        victims = sorted(
+            (r for r in self.runs.values()
+             if r.state == "running" and _rank(r.priority) > _rank(top.priority)),
+            key=lambda r: (-_rank(r.priority), -r.submitted_at),  # lowest class, newest first
+        )
+        waited = now - self._pending_since[top.lane]
+        reason = f"lane {top.lane} ({top.priority}) has {top.pending} pending for {waited:.1f}s"
+        decisions = []
+        for run in victims[:max(need, 0)]:
+            run.state = "yielding"
+            run.yields += 1
+            self.event(now, "lend", run.run_id, reason)
+            decisions.append(Decision("yield", run.run_id, reason))
+        if need > 0 and not victims and top.lane not in self._unmet_lanes:
+            self._unmet_lanes.add(top.lane)
+            self.event(now, "unmet", top.lane, reason + ", and no lower-priority run holds GPUs")
+        return decisions
+
+    def _give_back(self, now: float, fresh: list[Demand]) -> list[Decision]:
+        yielded = [r for r in self.runs.values() if r.state == "yielded"]
+        busy = [d for d in fresh if d.pending or d.borrowed]
+        if busy or not any(r.state in ("yielding", "yielded") for r in self.runs.values()):
+            self._calm_since = None
+            return []
+        if self._calm_since is None:
+            self._calm_since = now
+        calm_for = now - self._calm_since
+        if calm_for < self.policy.calm_s or not yielded:
+            return []
+        decisions = []
+        for run in yielded:
+            run.state = "running"
+            run.attempt += 1
+            start = f"step {run.checkpoint_step}" if run.checkpoint_step is not None else "the start"
+            reason = f"no lane pending or on lent nodes for {calm_for:.1f}s; resume from {start}"
+            self.event(now, "return", run.run_id, reason)
+            decisions.append(Decision("resume", run.run_id, reason))
+        return decisions
+
+    # Views ----------------------------------------------------------------------------------
+
+    def drained_nodes(self) -> list[str]:
+        return sorted(node_id for node_id, n in self.nodes.items() if n.drained)
+
+    def node_health(self) -> dict[str, dict[str, Any]]:
+        return {node_id: {"node_type": n.node_type, "drained": n.drained, "reasons": list(n.reasons),
+                          "max_temperature_c": n.max_temperature_c, "since": n.since}
+                for node_id, n in self.nodes.items()}
+
+    def summary(self, now: float, *, events: int = 20) -> dict[str, Any]:
+        lending = any(r.state in ("yielding", "yielded") for r in self.runs.values())
+        return {
+            "priorities": list(PRIORITIES),
+            "lending": lending,
+            "runs": [r.to_dict() for r in self.runs.values()],
+            "lanes": [{**asdict(d), "age_s": round(now - d.at, 1)} for d in self._fresh_demands(now)],
+            "drained": [{"node_id": node_id, **h} for node_id, h in self.node_health().items()
+                        if h["drained"]],
+            "events": [asdict(e) for e in list(self.events)[-events:]] if events else [],
+        }

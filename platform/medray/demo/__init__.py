@@ -1,0 +1,1 @@
+"""``medray demo``: the runner that chains the workloads' stages, the HTML report and its figures."""

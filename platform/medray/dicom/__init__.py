@@ -1,0 +1,6 @@
+"""DICOM in: Part 10 parsing, the header sniffer, instances to a volume, value parsing.
+
+:mod:`~medray.dicom.part10` (the fast Explicit VR Little Endian reader), :mod:`~medray.dicom.sniff`
+(the grouping UIDs from a file's first bytes), :mod:`~medray.dicom.volume` (validated instances to a
+Hounsfield-unit volume) and :mod:`~medray.dicom.values` (ages, dates and other value parsing).
+"""

@@ -1,0 +1,322 @@
+"""EMR de-identification after HIPAA Safe Harbor, vectorised with pyarrow compute.
+
+Each column of a table gets a **role** from a small declarative mapping (YAML or JSON, see
+:class:`EmrMapping`); nothing is decided per row in Python. Keyed functions are evaluated once
+per distinct value (an MRN, an encounter ID), never per row.
+
+========== =============================================================================
+role       what happens
+========== =============================================================================
+patient_id the MRN column: replaced by ``patient_pseudonym`` (first column) =
+           ``pseudonym(key, mrn, kind="patient")``, the DICOM PatientID pseudonym; rows
+           without one are dropped (they cannot be shifted or linked)
+keep       kept as is (the explicit allow-list)
+remove     dropped (names, street, city, phone, fax, email, SSN, plan and account numbers,
+           licences, vehicle and device IDs, URLs, IPs, biometrics, photos)
+pseudonym  replaced by ``pseudonym(key, value, kind=<column name>)``: same name, same kind,
+           so IDs stay joinable across tables (e.g. encounter_id)
+date       shifted by ``date_shift_days(key, mrn)`` days, the DICOM pipeline's offset
+birth_date shifted like a date, but null where the patient is older than 89 on the mapping's
+           ``age_reference_date``; adds an ``age`` column ("NN" years or "90+")
+age        ages as text, those over 89 grouped as "90+"
+zip        the first three digits; the 17 ZIP3 areas of fewer than 20,000 people -> "000"
+free_text  dropped: free text cannot be cleaned by column rules
+========== =============================================================================
+
+Columns the mapping does not name are dropped (and reported), whatever their type.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from medray.data.shards import PATIENT_PSEUDONYM
+from medray.errors import ConfigError
+from medray.privacy.pseudonym import date_shifts, pseudonyms
+
+__all__ = [
+    "MAX_AGE_YEARS",
+    "OLDEST_AGE_GROUP",
+    "RESTRICTED_ZIP3",
+    "ROLES",
+    "AGE_COLUMN",
+    "TableMapping",
+    "EmrMapping",
+    "TableResult",
+    "age_group",
+    "deidentify_table",
+]
+
+MAX_AGE_YEARS = 89
+OLDEST_AGE_GROUP = "90+"
+# ZIP3 areas with fewer than 20,000 inhabitants (2000 Census), which Safe Harbor says to zero.
+RESTRICTED_ZIP3 = frozenset({"036", "059", "063", "102", "203", "556", "692", "790", "821", "823",
+                             "830", "831", "878", "879", "884", "890", "893"})
+ROLES = ("patient_id", "keep", "remove", "pseudonym", "date", "birth_date", "age", "zip",
+         "free_text")
+AGE_COLUMN = "age"
+_MAPPING_VERSION = 1
+
+
+def age_group(years: int) -> str:
+    """An age in whole years as Safe Harbor allows it: "NN", or "90+" above 89."""
+    return OLDEST_AGE_GROUP if years > MAX_AGE_YEARS else str(years)
+
+
+@dataclass(frozen=True)
+class TableMapping:
+    """Roles of one table's columns; ``patient_id`` names the MRN column."""
+
+    patient_id: str
+    columns: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.patient_id, str) or not self.patient_id:
+            raise ConfigError("each table mapping needs patient_id: the name of its MRN column")
+        unknown = {c: r for c, r in self.columns.items() if r not in ROLES or r == "patient_id"}
+        if unknown:
+            raise ConfigError(
+                f"unknown roles {unknown}: use one of {[r for r in ROLES if r != 'patient_id']} "
+                "(the MRN column is named by patient_id)"
+            )
+        if self.patient_id in self.columns:
+            raise ConfigError(f"column {self.patient_id!r} is the patient_id: do not list it again")
+        if AGE_COLUMN in self.columns and "birth_date" in self.columns.values():
+            raise ConfigError(f"a birth_date column adds {AGE_COLUMN!r}: rename the existing one")
+        object.__setattr__(self, "columns", dict(self.columns))
+
+
+@dataclass(frozen=True)
+class EmrMapping:
+    """Column roles per table (by table name, the file stem) and the age reference date."""
+
+    tables: Mapping[str, TableMapping]
+    age_reference_date: date
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EmrMapping:
+        """Validate a parsed mapping file (see :meth:`to_dict` for the layout)."""
+        if not isinstance(d, Mapping) or d.get("version") != _MAPPING_VERSION:
+            raise ConfigError(f"an EMR mapping must be a mapping with version: {_MAPPING_VERSION}")
+        unknown = sorted(set(d) - {"version", "age_reference_date", "tables"})
+        if unknown:
+            raise ConfigError(f"unknown keys {unknown} in the EMR mapping")
+        try:
+            reference = date.fromisoformat(str(d["age_reference_date"]))
+        except (KeyError, ValueError):
+            raise ConfigError(
+                "age_reference_date must be an ISO date (YYYY-MM-DD), e.g. the extraction date"
+            ) from None
+        tables = d.get("tables")
+        if not isinstance(tables, Mapping) or not tables:
+            raise ConfigError("the EMR mapping needs tables: {name: {patient_id, columns}}")
+        parsed = {}
+        for name, t in tables.items():
+            if not isinstance(t, Mapping) or set(t) - {"patient_id", "columns"}:
+                raise ConfigError(f"table {name!r}: expected keys patient_id and columns")
+            parsed[str(name)] = TableMapping(patient_id=t.get("patient_id"),
+                                             columns=dict(t.get("columns") or {}))
+        return cls(tables=parsed, age_reference_date=reference)
+
+    @classmethod
+    def load(cls, path: str | Path) -> EmrMapping:
+        """Read a mapping from a YAML (.yaml/.yml) or JSON file."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read EMR mapping {path}: {e.strerror}") from None
+        try:
+            if path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as e:  # yaml and json raise their own error types
+            raise ConfigError(f"EMR mapping {path} is not valid YAML/JSON: {e}") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mapping as written in a mapping file."""
+        return {
+            "version": _MAPPING_VERSION,
+            "age_reference_date": self.age_reference_date.isoformat(),
+            "tables": {n: {"patient_id": t.patient_id, "columns": dict(t.columns)}
+                       for n, t in self.tables.items()},
+        }
+
+    @classmethod
+    def default(cls) -> EmrMapping:
+        """The mapping of :func:`medray.data.cohort.generate_cohort`'s EMR tables."""
+        return cls.from_dict(_SYNTH_MAPPING)
+
+
+_SYNTH_MAPPING: dict[str, Any] = {
+    "version": _MAPPING_VERSION,
+    "age_reference_date": "2024-01-01",
+    "tables": {
+        "patients": {"patient_id": "mrn", "columns": {
+            "first_name": "remove", "last_name": "remove", "birth_date": "birth_date",
+            "sex": "keep", "street_address": "remove", "city": "remove", "state": "keep",
+            "zip": "zip", "phone": "remove", "email": "remove", "ssn": "remove",
+            "insurance_plan_id": "remove", "account_number": "remove"}},
+        "encounters": {"patient_id": "mrn", "columns": {
+            "encounter_id": "pseudonym", "admit_date": "date", "discharge_date": "date",
+            "department": "keep", "attending_physician": "remove", "note": "free_text"}},
+        "labs": {"patient_id": "mrn", "columns": {
+            "encounter_id": "pseudonym", "loinc_code": "keep", "test_name": "keep",
+            "value": "keep", "unit": "keep", "collected_at": "date"}},
+        "diagnoses": {"patient_id": "mrn", "columns": {
+            "encounter_id": "pseudonym", "icd10_code": "keep", "description": "keep",
+            "diagnosed_at": "date"}},
+    },
+}
+
+
+@dataclass(frozen=True)
+class TableResult:
+    """A de-identified table and what was done to get it (column names and counts only)."""
+
+    table: pa.Table
+    rows_in: int
+    rows_without_patient_id: int
+    roles: dict[str, str]
+    unmapped_dropped: tuple[str, ...]
+
+
+# --- Column transforms -----------------------------------------------------------------------
+
+def _per_distinct(values: pa.ChunkedArray, fn: Callable[[list[str]], list[Any]],
+                  out_type: pa.DataType) -> pa.Array:
+    """``fn`` (a batch function) of each row's value, evaluated once per distinct value (nulls stay null)."""
+    strings = pc.cast(values, pa.string())
+    distinct = pc.unique(strings).drop_null()
+    mapped = pa.array(fn(distinct.to_pylist()), type=out_type)
+    return pc.take(mapped, pc.index_in(strings, value_set=distinct))
+
+
+def _shift(values: pa.ChunkedArray, days: pa.Array, column: str) -> pa.Array:
+    """Dates or timestamps moved by ``days`` (int32 per row); the type is kept."""
+    t = values.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        try:
+            values = pc.cast(values, pa.date32())
+        except pa.ArrowInvalid:
+            raise ConfigError(
+                f"column {column!r} has role date but holds text that is not an ISO date "
+                "(YYYY-MM-DD): convert it, or map it as free_text"
+            ) from None
+        t = values.type
+    if pa.types.is_date(t):
+        as_days = pc.cast(pc.cast(values, pa.date32()), pa.int32())
+        return pc.cast(pc.cast(pc.add(as_days, days), pa.date32()), t)
+    if pa.types.is_timestamp(t):
+        per_day = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}[t.unit]
+        delta = pc.cast(pc.multiply(pc.cast(days, pa.int64()), per_day), pa.duration(t.unit))
+        return pc.add(values, delta)
+    raise ConfigError(f"column {column!r} has role date but type {t}: only dates and timestamps shift")
+
+
+def _age_text(years: pa.Array) -> pa.Array:
+    text = pc.cast(years, pa.string())
+    return pc.if_else(pc.greater(years, MAX_AGE_YEARS), OLDEST_AGE_GROUP, text)
+
+
+def _ages(values: pa.ChunkedArray, column: str) -> pa.Array:
+    try:
+        years = pc.cast(pc.floor(pc.cast(values, pa.float64())), pa.int32())
+    except pa.ArrowInvalid:
+        raise ConfigError(f"column {column!r} has role age but holds non-numeric values") from None
+    return _age_text(years)
+
+
+def _birth_dates(values: pa.ChunkedArray, days: pa.Array, reference: date,
+                 column: str) -> tuple[pa.Array, pa.Array]:
+    """(shifted birth dates, null where older than 89; age text at ``reference``)."""
+    born = pc.cast(values, pa.date32()) if not pa.types.is_date32(values.type) else values
+    month_day = pc.add(pc.multiply(pc.month(born), 100), pc.day(born))
+    before_birthday = pc.cast(pc.greater(month_day, reference.month * 100 + reference.day), pa.int64())
+    years = pc.subtract(pc.subtract(reference.year, pc.year(born)), before_birthday)
+    shifted = _shift(values, days, column)
+    too_old = pc.fill_null(pc.greater(years, MAX_AGE_YEARS), False)
+    return pc.if_else(too_old, pa.scalar(None, shifted.type), shifted), _age_text(years)
+
+
+def _zip3(values: pa.ChunkedArray) -> pa.Array:
+    """First three digits; restricted areas -> "000"; anything that is not a ZIP -> null."""
+    if pa.types.is_integer(values.type):  # 02114 stored as 2114
+        text = pc.utf8_lpad(pc.cast(values, pa.string()), 5, "0")
+    else:
+        text = pc.utf8_trim_whitespace(pc.cast(values, pa.string()))
+    zip3 = pc.utf8_slice_codeunits(text, 0, 3)
+    valid = pc.match_substring_regex(text, r"^\d{5}(-?\d{4})?$")
+    zip3 = pc.if_else(pc.fill_null(valid, False), zip3, pa.scalar(None, pa.string()))
+    restricted = pa.array(sorted(RESTRICTED_ZIP3))
+    return pc.if_else(pc.fill_null(pc.is_in(zip3, value_set=restricted), False), "000", zip3)
+
+
+# --- Tables ----------------------------------------------------------------------------------
+
+def deidentify_table(table: pa.Table, mapping: TableMapping, key: bytes, *,
+                     age_reference_date: date) -> TableResult:
+    """De-identify one table by its column roles (see the module docstring)."""
+    if mapping.patient_id not in table.column_names:
+        raise ConfigError(
+            f"the table has no patient_id column {mapping.patient_id!r}: fix the mapping"
+        )
+    mrn = pc.utf8_trim(pc.cast(table[mapping.patient_id], pa.string()), " \t\r\n\0")
+    has_id = pc.fill_null(pc.greater(pc.utf8_length(mrn), 0), False)
+    rows_in = table.num_rows
+    if not pc.all(has_id).as_py():
+        table, mrn = table.filter(has_id), pc.filter(mrn, has_id)
+
+    patient = _per_distinct(mrn, lambda vs: pseudonyms(key, vs, kind="patient"), pa.string())
+    days = _per_distinct(mrn, lambda vs: date_shifts(key, vs), pa.int32())
+    names: list[str] = [PATIENT_PSEUDONYM]
+    columns: list[pa.Array | pa.ChunkedArray] = [patient]
+    roles: dict[str, str] = {}
+    unmapped = []
+    for name in table.column_names:
+        if name == mapping.patient_id:
+            continue
+        role = mapping.columns.get(name)
+        if role is None:
+            unmapped.append(name)
+            continue
+        roles[name] = role
+        values = table[name]
+        if role in ("remove", "free_text"):
+            continue
+        if role == "keep":
+            out = values
+        elif role == "pseudonym":
+            out = _per_distinct(values, lambda vs, kind=name: pseudonyms(key, vs, kind=kind), pa.string())
+        elif role == "date":
+            out = _shift(values, days, name)
+        elif role == "age":
+            out = _ages(values, name)
+        elif role == "zip":
+            out = _zip3(values)
+        else:  # birth_date: the age column follows it
+            out, ages = _birth_dates(values, days, age_reference_date, name)
+            names += [name, AGE_COLUMN]
+            columns += [out, ages]
+            continue
+        names.append(name)
+        columns.append(out)
+    return TableResult(
+        table=pa.table(columns, names=names),
+        rows_in=rows_in,
+        rows_without_patient_id=rows_in - table.num_rows,
+        roles=roles,
+        unmapped_dropped=tuple(unmapped),
+    )

@@ -1,0 +1,81 @@
+"""What the running cluster says about placement: nodes' free capacity, GPU temperatures, drained nodes.
+
+Free CPU/GPU come from Ray; temperatures and drains from the GPU guards' reports to the broker,
+read through :mod:`medray.broker.client`. Ray is imported only when a function is called.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from medray.cluster.node_types import NODE_TYPE_LABEL
+from medray.logs import get_logger
+from medray.scheduling.placement import LoadSnapshot, NodeLoad
+
+__all__ = ["DRAIN_CACHE_S", "drained_nodes", "cluster_load"]
+
+DRAIN_CACHE_S = 1.0
+
+_log = get_logger("medray.scheduling")
+_drain_cache: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
+
+
+def drained_nodes() -> frozenset[str]:
+    """Node ids that GPU guards have drained, as the running broker knows them.
+
+    Empty when this process is not connected to Ray or no broker runs. Cached for
+    :data:`DRAIN_CACHE_S` so that placing many tasks costs at most one broker call a second.
+    """
+    global _drain_cache
+    if "ray" not in sys.modules:  # a process that never imported Ray is connected to no cluster
+        return frozenset()
+    import ray
+
+    if not ray.is_initialized():
+        return frozenset()
+    now = time.monotonic()
+    if now - _drain_cache[0] < DRAIN_CACHE_S:
+        return _drain_cache[1]
+    from medray.broker import client
+
+    drained: frozenset[str] = frozenset()
+    try:
+        drained = frozenset(client.drained_nodes(timeout_s=5))
+    except ray.exceptions.RayError:
+        # Fail open: a broker that does not answer must not stop all placement.
+        _log.warning("the broker did not answer; placing without drain exclusions")
+    _drain_cache = (now, drained)
+    return drained
+
+
+def cluster_load(*, warm_temperature_c: float = 80.0) -> LoadSnapshot:
+    """A :class:`~medray.scheduling.placement.LoadSnapshot` of the connected cluster.
+
+    Free CPU/GPU per node come from Ray; GPU temperatures and drains from the GPU guards' reports
+    to the broker (none without a broker).
+    """
+    import ray
+
+    from medray.broker import client
+    from medray.cluster import ray_internals
+
+    health = client.node_health()
+    free = ray_internals.available_resources_per_node()
+    nodes = []
+    for n in ray.nodes():
+        if not n["Alive"]:
+            continue
+        node_id, total, avail = n["NodeID"], n.get("Resources", {}), free.get(n["NodeID"], {})
+        reported = health.get(node_id, {})
+        nodes.append(NodeLoad(
+            node_id=node_id,
+            node_type=(n.get("Labels") or {}).get(NODE_TYPE_LABEL, ""),
+            free_cpus=avail.get("CPU", 0.0),
+            free_gpus=avail.get("GPU", 0.0),
+            total_cpus=total.get("CPU", 0.0),
+            total_gpus=total.get("GPU", 0.0),
+            gpu_temperature_c=reported.get("max_temperature_c"),
+            drained=bool(reported.get("drained", False)),
+        ))
+    return LoadSnapshot(nodes=tuple(nodes), warm_temperature_c=warm_temperature_c)

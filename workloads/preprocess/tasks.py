@@ -1,0 +1,406 @@
+"""The DICOM pipeline's work on files and series: plain functions that Ray Data tasks call.
+
+Pixel data never travels through the object store and no global shuffle runs. Files are grouped
+either by a scan (1 and 2) or by folder in one pass (3):
+
+1. :func:`scan_file` reads the start of a file (:mod:`medray.dicom.sniff`, or pydicom
+   up to Pixel Data) and returns the pseudonymous study and series UIDs that group it, or a
+   quarantine record.
+2. :func:`process_series` reads one series' headers, validates every instance and checks that
+   the profile can clean it, orders them by geometry, normalises the volume
+   (:meth:`medray.dicom.volume.Volume.normalized`: Hounsfield units, resampling and window,
+   decoding only the slices the output needs), de-identifies the header it keeps (the first
+   slice's) and writes ``volumes/<pseudonymous series UID>.parquet``. The other instances'
+   headers are dropped unwritten, so they are checked but not cleaned.
+3. :func:`process_folder` reads every header of one folder once, groups the instances into
+   series and processes each as 2 does, into a pending shard (:func:`pending_path`) that the
+   driver renames into place, or discards when other folders hold more of the series.
+
+Policy for damaged series: when any instance of a series is refused, the whole series is
+quarantined (a partial volume would be silently wrong): the bad files with their own reason, the
+others with ``series_incomplete``. No message carries a value from a file.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import time
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from medray.data.shards import VOLUMES_DIR, VolumeRecord, build_table, window_name, write_shard
+from medray.dicom.part10 import get_value
+from medray.dicom.sniff import sniff_series
+from medray.dicom.volume import DEFAULT_MAX_PIXELS, REASONS, read_instance, volume_from_datasets
+from medray.errors import ConfigError, DicomError
+from medray.imaging.normalize import InputSpec
+from medray.privacy.emr import age_group
+from medray.privacy.ps315 import DEID_REASONS, DeidOptions, check_deidentifiable, deidentify
+from medray.privacy.pseudonym import pseudo_uid
+from workloads.preprocess.runs import Quarantined
+
+__all__ = [
+    "GROUPINGS",
+    "PIPELINE_REASONS",
+    "QUARANTINE_REASONS",
+    "DicomOptions",
+    "Scanned",
+    "SeriesResult",
+    "scan_file",
+    "process_series",
+    "FolderSeries",
+    "process_folder",
+    "pending_path",
+    "quiet_pydicom",
+    "shard_path",
+]
+
+# How files are grouped into series. "scan": a header scan of every file, then one task per group
+# of series. "folder": one pass, each task taking whole folders (each header read once), series
+# found in more than one folder processed again whole. "auto": "folder" when no folder holds more
+# than a task slot's share of the files (exports with a folder per series), else "scan".
+GROUPINGS: tuple[str, ...] = ("auto", "folder", "scan")
+
+# Reasons of this pipeline, beyond those of medray.dicom.volume and medray.privacy.ps315.
+PIPELINE_REASONS: tuple[str, ...] = ("unreadable", "missing_uid", "series_incomplete", "internal_error")
+QUARANTINE_REASONS: tuple[str, ...] = REASONS + DEID_REASONS + PIPELINE_REASONS
+
+_STUDY_UID = 0x0020000D
+_SERIES_UID = 0x0020000E
+_HEADER_BULK_BYTES = 1024  # binary values larger than this are left out of the header JSON
+_MISSING_UID = ("the instance has no StudyInstanceUID or SeriesInstanceUID, so it cannot be grouped "
+                "into a series: re-export it")
+
+
+@dataclass(frozen=True)
+class DicomOptions:
+    """How the DICOM pipeline normalises and de-identifies.
+
+    ``spec`` sets window, spacing and shape (``window=None`` keeps raw HU); ``concurrency`` caps
+    the parallel tasks (default: the CPUs of the running prep nodes); ``resume`` skips series
+    whose shard already exists; ``grouping`` chooses how files are grouped into series (see
+    :data:`GROUPINGS`; the output is the same either way).
+    """
+
+    spec: InputSpec = field(default_factory=InputSpec)
+    deid: DeidOptions = field(default_factory=DeidOptions)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    allow_modalities: tuple[str, ...] = ("CT",)
+    concurrency: int | None = None
+    resume: bool = False
+    grouping: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.grouping not in GROUPINGS:
+            raise ConfigError(f"grouping must be one of {', '.join(GROUPINGS)}, got {self.grouping!r}")
+
+    def to_dict(self) -> dict:
+        """The options that shape the output (recorded in the manifest, compared on resume)."""
+        return {
+            "spec": self.spec.to_dict(),
+            "retain_dates": self.deid.retain_dates,
+            "retain_patient_characteristics": self.deid.retain_patient_characteristics,
+            "max_pixels": self.max_pixels,
+            "allow_modalities": list(self.allow_modalities),
+        }
+
+
+@dataclass(frozen=True)
+class Scanned:
+    """A file's group (pseudonymous study and series UIDs), or why it was refused."""
+
+    path: str
+    study_uid: str | None = None
+    series_uid: str | None = None
+    quarantined: Quarantined | None = None
+
+
+@dataclass(frozen=True)
+class SeriesResult:
+    """What :func:`process_series` did with one series (no PHI).
+
+    ``seconds``: wall time per step (parse: reading and checking the headers; deid, volume,
+    normalise: decoding the pixel data the output needs; header, write) and the CPU time of the
+    whole series (``cpu``).
+    """
+
+    series_uid: str
+    written: bool
+    n_instances: int
+    quarantined: tuple[Quarantined, ...] = ()
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def quiet_pydicom() -> None:
+    """Stop pydicom logging in this process: its warnings quote element values (PHI)."""
+    logging.getLogger("pydicom").propagate = False
+
+
+def shard_path(out: Path, series_uid: str) -> Path:
+    """Where a series' shard goes: named by its pseudonymous UID only."""
+    return out / VOLUMES_DIR / f"{series_uid}.parquet"
+
+
+def _refusal(path: str, root: Path) -> Quarantined:
+    """The precise reason a file cannot be grouped, from the full validation (slow path)."""
+    try:
+        read_instance(root / path)
+    except DicomError as e:
+        return Quarantined(path, e.reason, e.message)
+    except OSError as e:
+        return _unreadable(path, e)
+    return Quarantined(path, "missing_uid", _MISSING_UID)
+
+
+def _unreadable(path: str, e: OSError) -> Quarantined:
+    # The OSError's own text names the path: only its error code is kept.
+    code = errno.errorcode.get(e.errno, type(e).__name__) if e.errno else type(e).__name__
+    return Quarantined(path, "unreadable", f"the file cannot be read ({code}): check its permissions")
+
+
+def _raw_uids(root: Path, path: str) -> tuple[str, str] | Quarantined:
+    """A file's original (StudyInstanceUID, SeriesInstanceUID), either "" when missing, reading
+    its header only; a quarantine record when the file cannot be read at all."""
+    uids = sniff_series(root / path)
+    if uids is None:  # not the common encoding, or not sure: let pydicom read the header
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(root / path, stop_before_pixels=True,
+                                     specific_tags=[_STUDY_UID, _SERIES_UID])
+                uids = tuple(str(ds[t].value or "").strip() if t in ds else ""
+                             for t in (_STUDY_UID, _SERIES_UID))
+        except OSError as e:
+            return _unreadable(path, e)
+        except Exception:  # broad on purpose: malformed headers raise many kinds of error
+            uids = ("", "")
+    return uids
+
+
+def scan_file(root: Path, path: str, key: bytes) -> Scanned:
+    """Group one file by its pseudonymous study/series UIDs, reading its header only."""
+    uids = _raw_uids(root, path)
+    if isinstance(uids, Quarantined):
+        return Scanned(path, quarantined=uids)
+    study, series = uids
+    if not study or not series:
+        return Scanned(path, quarantined=_refusal(path, root))
+    return Scanned(path, pseudo_uid(key, study), pseudo_uid(key, series))
+
+
+def _header_json(ds: Dataset) -> str:
+    """The de-identified header as DICOM JSON, sorted keys; Pixel Data and large blobs left out."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        header = ds.to_json_dict(bulk_data_threshold=_HEADER_BULK_BYTES,
+                                 bulk_data_element_handler=lambda _: "omitted")
+    return json.dumps(header, sort_keys=True, separators=(",", ":"))
+
+
+def _study_date(ds: Dataset) -> date | None:
+    text = str(ds.get("StudyDate", "") or "")
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8])) if len(text) == 8 else None
+    except ValueError:
+        return None
+
+
+def _age(ds: Dataset) -> str | None:
+    """PatientAge (AS, e.g. 069Y, 006M) as whole years, "90+" above 89; None when absent."""
+    text = str(ds.get("PatientAge", "") or "").strip()
+    if len(text) != 4 or not text[:3].isdigit() or text[3] not in "DWMY":
+        return None
+    return age_group(int(text[:3]) if text[3] == "Y" else 0)
+
+
+def _characteristic(ds: Dataset, keyword: str) -> str | None:
+    value = str(ds.get(keyword, "") or "").strip()
+    return value or None
+
+
+def process_series(root: Path, series_uid: str, paths: Sequence[str], out: Path, key: bytes,
+                   options: DicomOptions) -> SeriesResult:
+    """Validate, de-identify, normalise and write one series (see the module docstring).
+
+    ``series_uid`` is the pseudonymous UID from :func:`scan_file`; ``paths`` are the series'
+    files relative to ``root``. Never raises for bad input.
+    """
+    series = _Series([])
+    for path in paths:
+        clock, cpu = time.perf_counter(), time.process_time()
+        try:
+            ds = read_instance(root / path, max_pixels=options.max_pixels)
+            if pseudo_uid(key, str(get_value(ds, "SeriesInstanceUID", ""))) != series_uid:
+                raise DicomError("inconsistent_series", "the file's SeriesInstanceUID is not the one "
+                                 "it was grouped by (changed since the scan?): re-run")
+        except DicomError as e:
+            series.add(path, None, Quarantined(path, e.reason, e.message), clock, cpu)
+        except OSError as e:
+            series.add(path, None, _unreadable(path, e), clock, cpu)
+        else:
+            series.add(path, ds, None, clock, cpu)
+    return _finish(series, series_uid, shard_path(out, series_uid), key, options)
+
+
+@dataclass(frozen=True)
+class FolderSeries:
+    """A series found by :func:`process_folder`: its pseudonymous UIDs, files, and what was done.
+
+    ``skipped``: resumed, its shard already exists (``result`` is then None).
+    """
+
+    study_uid: str
+    series_uid: str
+    paths: tuple[str, ...]
+    result: SeriesResult | None
+    skipped: bool = False
+
+
+def pending_path(out: Path, series_uid: str) -> Path:
+    """Where :func:`process_folder` writes a series' shard until the driver knows it is whole.
+
+    A hidden name ending in ``.tmp``: readers never list it, and a new run removes what an
+    interrupted one left.
+    """
+    return out / VOLUMES_DIR / f".{series_uid}.pending.tmp"
+
+
+def process_folder(root: Path, paths: Sequence[str], out: Path, key: bytes,
+                   options: DicomOptions) -> tuple[list[FolderSeries], list[Quarantined]]:
+    """One pass over the files of one folder (sorted): each header is read once, the files are
+    grouped into series, and each series is processed as :func:`process_series` does.
+
+    Shards go to :func:`pending_path`: only the driver knows whether another folder holds more of a
+    series (it then discards these and processes the series whole). Returns the series found and
+    the files that name no series. Never raises for bad input.
+    """
+    groups: dict[tuple[str, str], _Series] = {}
+    refused: list[Quarantined] = []
+    for path in paths:
+        clock, cpu = time.perf_counter(), time.process_time()
+        ds: Dataset | None = None
+        error: Quarantined | None = None
+        try:
+            ds = read_instance(root / path, max_pixels=options.max_pixels)
+            uids = (str(get_value(ds, "StudyInstanceUID", "")).strip(),
+                    str(get_value(ds, "SeriesInstanceUID", "")).strip())
+        except DicomError as e:
+            error = Quarantined(path, e.reason, e.message)
+        except OSError as e:
+            error = _unreadable(path, e)
+        if ds is None:  # a file that cannot be used still belongs to its series, if it names one
+            found = _raw_uids(root, path)
+            uids = found if not isinstance(found, Quarantined) else ("", "")
+        if not uids[0] or not uids[1]:
+            refused.append(error or Quarantined(path, "missing_uid", _MISSING_UID))
+            continue
+        groups.setdefault(uids, _Series([])).add(path, ds, error, clock, cpu)
+    found_series = []
+    for (study, series_raw), series in groups.items():
+        uid = pseudo_uid(key, series_raw)
+        if options.resume and shard_path(out, uid).exists():
+            found_series.append(FolderSeries(pseudo_uid(key, study), uid, tuple(series.paths), None, True))
+            continue
+        result = _finish(series, uid, pending_path(out, uid), key, options)
+        found_series.append(FolderSeries(pseudo_uid(key, study), uid, tuple(series.paths), result))
+    return found_series, refused
+
+
+@dataclass
+class _Series:
+    """The instances of one series as they are read: all, usable ones, refused ones, their patients."""
+
+    paths: list[str]
+    good: list[tuple[str, Dataset]] = field(default_factory=list)
+    bad: list[Quarantined] = field(default_factory=list)
+    patients: set[str] = field(default_factory=set)
+    seconds: Counter[str] = field(default_factory=Counter)
+    cpu: float = 0.0
+
+    def add(self, path: str, ds: Dataset | None, error: Quarantined | None, clock: float, cpu: float) -> None:
+        """One instance, parsed from ``clock``/``cpu`` on: checked now if it could be read."""
+        self.paths.append(path)
+        parsed = time.perf_counter()
+        self.seconds["parse"] += parsed - clock
+        if ds is None:
+            self.bad.append(error)  # type: ignore[arg-type]
+        else:
+            try:
+                # Every instance is checked; only the header that is written gets de-identified
+                # (below): the others are dropped unwritten, so cleaning them would change nothing.
+                self.patients.add(check_deidentifiable(ds))
+                self.good.append((path, ds))
+            except DicomError as e:
+                self.bad.append(Quarantined(path, e.reason, e.message))
+        self.seconds["deid"] += time.perf_counter() - parsed
+        self.cpu += time.process_time() - cpu
+
+
+def _finish(series: _Series, series_uid: str, target: Path, key: bytes, options: DicomOptions) -> SeriesResult:
+    """Quarantine or normalise, de-identify and write (to ``target``) a series read in full."""
+    seconds, paths = series.seconds, series.paths
+    clock, cpu = time.perf_counter(), time.process_time() - series.cpu
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[step] += now - clock
+        clock = now
+
+    if series.bad:
+        message = (f"{len(series.bad)} other instance(s) of this series were quarantined: the series is "
+                   "incomplete; fix or re-export them and re-run")
+        siblings = [Quarantined(p, "series_incomplete", message) for p, _ in series.good]
+        seconds["cpu"] = time.process_time() - cpu
+        return SeriesResult(series_uid, False, len(paths), tuple(series.bad + siblings), dict(seconds))
+
+    datasets = [ds for _, ds in series.good]
+    try:
+        if len(series.patients) > 1:
+            raise DicomError("inconsistent_series", f"the instances name {len(series.patients)} different "
+                             "patients (PatientID): split the series by patient")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            volume = volume_from_datasets(datasets, allow_modalities=options.allow_modalities)
+        lap("volume")
+        normalised = volume.normalized(options.spec)
+        lap("normalise")
+        header = deidentify(volume.datasets[0], key, options.deid)  # in place: after decoding
+        lap("deid")
+    except DicomError as e:
+        seconds["cpu"] = time.process_time() - cpu
+        return SeriesResult(series_uid, False, len(paths),
+                            tuple(Quarantined(p, e.reason, e.message) for p in paths), dict(seconds))
+    chars = options.deid.retain_patient_characteristics
+    # Identifiers come from the de-identified header only: the Volume holds the originals.
+    record = VolumeRecord(
+        patient_pseudonym=str(header.PatientID),
+        study_uid=str(header.StudyInstanceUID),
+        series_uid=str(header.SeriesInstanceUID),
+        modality=volume.modality,
+        body_part=volume.body_part,
+        study_date=_study_date(header) if options.deid.retain_dates else None,
+        n_instances=volume.n_instances,
+        source_shape=volume.shape,
+        source_spacing_mm=volume.spacing_mm,
+        spacing_mm=options.spec.spacing_mm,
+        window=window_name(options.spec.window),
+        volume=normalised,
+        patient_sex=_characteristic(header, "PatientSex") if chars else None,
+        patient_age=_age(header) if chars else None,
+        dicom_header=_header_json(header),
+    )
+    lap("header")
+    write_shard(build_table([record], options.spec), target)
+    lap("write")
+    seconds["cpu"] = time.process_time() - cpu
+    return SeriesResult(series_uid, True, volume.n_instances, (), dict(seconds))
