@@ -151,7 +151,7 @@ def test_output_rows_are_deidentified_and_consistent(clean_run, cohort, key):
     assert summary.series_written == PATIENTS and summary.slices == PATIENTS * SLICES
     assert summary.quarantined_files == 0
     truth = {r["series_instance_uid"]: r for r in pq.read_table(cohort / "ground_truth.parquet").to_pylist()}
-    table = pq.read_table(out / "volumes")  # Ray Data's reader is tested in tests/medray/test_shards.py
+    table = pq.read_table(out / "volumes")  # Ray Data's reader is tested in tests/medray/data/test_shards.py
     volumes = table["volume"].combine_chunks().to_numpy_ndarray()
     rows = table.drop_columns(["volume"]).to_pylist()
     assert len(rows) == PATIENTS and volumes.shape == (PATIENTS, *options.spec.shape)

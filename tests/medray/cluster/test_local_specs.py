@@ -5,7 +5,7 @@ import sys
 
 from medray.cluster.local import full_node_spec, local_node_specs, ray_start_command
 
-from ..conftest import CLUSTER_YAML
+from tests.conftest import CLUSTER_YAML
 
 
 def test_local_specs_scale_down_and_simulate_gpus(node_types):

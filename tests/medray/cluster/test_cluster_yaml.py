@@ -11,7 +11,7 @@ import yaml
 from medray.cluster.node_types import node_types_from_config
 from medray.cluster.ray_internals import validate_cluster_config
 
-from ..conftest import CLUSTER_YAML
+from tests.conftest import CLUSTER_YAML
 
 
 @pytest.fixture()

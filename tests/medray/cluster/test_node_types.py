@@ -9,7 +9,7 @@ from medray.cluster.node_types import (
 )
 from medray.errors import ConfigError
 
-from ..conftest import CLUSTER_YAML
+from tests.conftest import CLUSTER_YAML
 
 
 def test_every_role_has_a_node_type(node_types):

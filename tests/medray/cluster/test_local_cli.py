@@ -9,7 +9,7 @@ import textwrap
 import psutil
 import pytest
 
-from ..conftest import CLUSTER_YAML
+from tests.conftest import CLUSTER_YAML
 
 def _processes_of(cluster_id: str) -> list[str]:
     """Live processes started for the local cluster ``cluster_id`` (marked in their environment)."""

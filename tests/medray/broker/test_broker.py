@@ -142,7 +142,7 @@ def test_a_resumed_attempt_does_not_inherit_the_yield_answer_of_the_last_one():
     # The attempt that yielded ran in this (reused) worker process: its poll still says "yield".
     broker_preemption._polls["study-z"] = broker_preemption._Poll(answer=True, at=time.monotonic() + 3600)
     assert yield_requested("study-z") is True
-    assert broker_actor._run_entrypoint("tests.medray.test_broker:poll_once", {}, "study-z", "ckpt") is False
+    assert broker_actor._run_entrypoint("tests.medray.broker.test_broker:poll_once", {}, "study-z", "ckpt") is False
     assert "study-z" not in broker_preemption._polls
 
 
@@ -152,7 +152,7 @@ def test_a_resumed_attempt_does_not_inherit_the_yield_answer_of_the_last_one():
 RESEARCH = WorkloadProfile(roles=("train",), num_cpus=0.1, num_gpus=1, gpu_memory_gb=60)
 REPLICA = WorkloadProfile(roles=("train",), num_cpus=0.1, num_gpus=1, gpu_memory_gb=60)
 LIVE_POLICY = BrokerPolicy(interval_s=0.2, pressure_grace_s=0.3, calm_s=1.5, demand_ttl_s=60)
-ENTRYPOINT = "tests.medray.test_broker:dummy_research"
+ENTRYPOINT = "tests.medray.broker.test_broker:dummy_research"
 
 
 def dummy_research(config, *, run_id, resume_from):
