@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 from medray.cluster.node_types import NODE_TYPE_LABEL
+from medray.errors import PlacementError
 from medray.logs import get_logger
-from medray.scheduling.placement import LoadSnapshot, NodeLoad
+from medray.scheduling.placement import LoadSnapshot, NodeLoad, Placement
 
-__all__ = ["DRAIN_CACHE_S", "drained_nodes", "cluster_load"]
+__all__ = [
+    "DRAIN_CACHE_S",
+    "drained_nodes",
+    "cluster_load",
+    "current_node_type",
+    "live_nodes",
+    "require_running",
+]
 
 DRAIN_CACHE_S = 1.0
 
@@ -79,3 +88,31 @@ def cluster_load(*, warm_temperature_c: float = 80.0) -> LoadSnapshot:
             drained=bool(reported.get("drained", False)),
         ))
     return LoadSnapshot(nodes=tuple(nodes), warm_temperature_c=warm_temperature_c)
+
+
+def current_node_type() -> str:
+    """The medray node type of the node this code runs on ("unknown" outside a medray cluster)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_labels().get(NODE_TYPE_LABEL, "unknown")
+
+
+def live_nodes(node_types: set[str] | None = None) -> list[dict[str, Any]]:
+    """The alive nodes of the connected cluster (``ray.nodes()`` entries), of ``node_types`` when given."""
+    import ray
+
+    return [n for n in ray.nodes()
+            if n["Alive"] and (node_types is None or (n.get("Labels") or {}).get(NODE_TYPE_LABEL) in node_types)]
+
+
+def require_running(placement: Placement, *, hint: str = "start the medray cluster (`medray up --local`) "
+                    "or connect to one") -> list[dict[str, Any]]:
+    """The alive nodes of ``placement``'s candidate types; :class:`PlacementError` when none runs.
+
+    ``hint``: what the message tells the user to do (the part after the colon).
+    """
+    names = [t.name for t in placement.candidates]
+    nodes = live_nodes(set(names))
+    if not nodes:
+        raise PlacementError(f"no node of types {names} is running in this Ray cluster: {hint}")
+    return nodes

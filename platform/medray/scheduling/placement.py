@@ -144,6 +144,32 @@ class Placement:
         """Ray ``fallback_strategy``: the other feasible node types, in order."""
         return [{"label_selector": self._selector(t)} for t in self.candidates[1:]]
 
+    def types_selector(self, node_types: Sequence[NodeType]) -> dict[str, str]:
+        """:attr:`label_selector` widened to any of ``node_types`` (``in(a,b)``; one name alone)."""
+        names = [t.name for t in node_types]
+        selector = dict(self.label_selector)
+        selector[NODE_TYPE_LABEL] = names[0] if len(names) == 1 else f"in({','.join(names)})"
+        return selector
+
+    def role_grouped_options(self) -> dict[str, Any]:
+        """:meth:`ray_options` with the preferred role's node types as one selector, other roles' as fallbacks.
+
+        For work whose queue must not wait on one type while another of the same role is idle: a
+        task or replica waiting for its selected type does not fall back (Ray 2.60), so one selector
+        per type would leave the second type of the role idle.
+        """
+        role = self.node_type.role
+        own = [t for t in self.candidates if t.role == role]
+        options: dict[str, Any] = {
+            "num_cpus": self.profile.num_cpus,
+            "num_gpus": self.profile.num_gpus,
+            "label_selector": self.types_selector(own),
+        }
+        others = [{"label_selector": self._selector(t)} for t in self.candidates if t.role != role]
+        if others:
+            options["fallback_strategy"] = others
+        return options
+
     def ray_options(self) -> dict[str, Any]:
         """Options for ``.options(**…)`` of tasks and actors, and Serve's ``ray_actor_options``."""
         options: dict[str, Any] = {
