@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 for path in (REPO / "platform", REPO):  # medray without an install (GPU machine)
@@ -44,6 +43,7 @@ for path in (REPO / "platform", REPO):  # medray without an install (GPU machine
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from medray.cli.table import format_table  # noqa: E402
 from medray.imaging.augment import AugmentParams, AugmentSpec, VolumeAugmenter, augment_torch, dali_available  # noqa: E402
 
 SMALL, LARGE = (16, 64, 64), (64, 128, 128)
@@ -105,16 +105,11 @@ def measure(backend: str, shape: tuple[int, int, int], batch: int, *, threads: i
 
 
 def table(rows: list[Row]) -> str:
+    """The summary: one line per backend and batch."""
     header = ("backend", "shape", "batch", "volumes/s", f"x {BASELINE}", "max |diff|")
-    cells = [header] + [(r.backend, "x".join(map(str, r.shape)), str(r.batch), f"{r.volumes_per_s:,.0f}",
-                         f"{r.ratio:.2f}" if r.ratio is not None else "-", f"{r.max_abs_diff:.1e}")
-                        for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
-
-    def line(row: tuple[str, ...]) -> str:
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-
-    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, cells[1:])])
+    return format_table(header, [(r.backend, "x".join(map(str, r.shape)), r.batch, f"{r.volumes_per_s:,.0f}",
+                                  f"{r.ratio:.2f}" if r.ratio is not None else "-", f"{r.max_abs_diff:.1e}")
+                                 for r in rows], align="<<>>>>", rule=True)
 
 
 def main(argv: list[str] | None = None) -> int:

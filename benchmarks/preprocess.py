@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pydicom
 
+from medray.cli.table import format_table
 from medray.cluster.local import local_cluster
 from medray.data.cohort import generate_cohort
 from medray.privacy.emr import EmrMapping, TableMapping, deidentify_table
@@ -115,14 +116,8 @@ def pandas_apply(path: Path, out: Path, key: bytes) -> float:
 
 
 def table(rows: list[tuple[str, str, str, str]]) -> str:
-    header = ("measurement", "medray", "baseline", "ratio")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
-
-    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
+    """The summary: one line per measurement, medray against its baseline."""
+    return format_table(("measurement", "medray", "baseline", "ratio"), rows, align="<>>>", rule=True)
 
 
 def dicom_rows(work: Path, key: bytes, rows: int, patients: int, slices: int,

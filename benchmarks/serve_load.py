@@ -39,6 +39,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from medray.cli.table import format_table
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `workloads` when run as a script from anywhere
 
@@ -364,13 +366,15 @@ def print_table(results: list[Result], own: dict[str, float], a: argparse.Namesp
     mode = "throughput-optimized (direct ingress)" if a.throughput_optimized else f"proxy {a.proxy}"
     print(f"request: {a.request}; medray: {a.replicas} routine replicas, {mode}; "
           f"{a.seconds:g} s per point after {a.warmup:g} s warm-up; model's own time {own['model_ms']:.1f} ms\n")
-    print("| concurrency | server | req/s | p50 ms | p99 ms | errors | medray/fastapi req/s |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    rows = []
     for c in a.concurrency:
         for server in ("fastapi", "medray"):
             r = by[(server, c)]
             ratio = f"{r.throughput / by[('fastapi', c)].throughput:.2f}x" if server == "medray" else ""
-            print(f"| {c} | {server} | {r.throughput:.1f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors} | {ratio} |")
+            rows.append((c, server, f"{r.throughput:.1f}", f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}", r.errors,
+                         ratio))
+    headers = ("concurrency", "server", "req/s", "p50 ms", "p99 ms", "errors", "medray/fastapi req/s")
+    print(format_table(headers, rows, align="><>>>>>", markdown=True))
     if 1 in a.concurrency:
         over = by[("medray", 1)].p50_ms - own["model_ms"]
         print(f"\nmedray p50 at concurrency 1 exceeds the model's own time by {over:.1f} ms (goal <= 5 ms)")

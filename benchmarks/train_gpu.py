@@ -50,6 +50,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from medray.cli.table import format_table  # noqa: E402
 from medray.cluster.nvml import NvmlReader  # noqa: E402
 from medray.models import build_model  # noqa: E402
 from medray.models.precision import choose_precision  # noqa: E402
@@ -342,12 +343,13 @@ def _fmt(v: float | None, spec: str, missing: str) -> str:
 
 
 def table(rows: list[Row], baseline: Row, gpu: bool) -> str:
+    """One line per configuration: throughput, its ratio to ``baseline``'s, GPU use."""
     missing = "no GPU" if not gpu else "-"
-    lines = [f"{'configuration':52} {'samples/s':>10} {'x baseline':>10} {'GPU util %':>10} {'peak MiB':>9}"]
-    for r in rows:
-        lines.append(f"{r.name:52} {r.samples_per_s:>10.1f} {r.samples_per_s / baseline.samples_per_s:>10.2f} "
-                     f"{_fmt(r.gpu_util_pct, '.0f', missing):>10} {_fmt(r.peak_mem_mib, '.0f', missing):>9}")
-    return "\n".join(lines)
+    return format_table(
+        ("configuration", "samples/s", "x baseline", "GPU util %", "peak MiB"),
+        [(r.name, f"{r.samples_per_s:.1f}", f"{r.samples_per_s / baseline.samples_per_s:.2f}",
+          _fmt(r.gpu_util_pct, ".0f", missing), _fmt(r.peak_mem_mib, ".0f", missing)) for r in rows],
+        align="<>>>>")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -413,10 +415,12 @@ def main(argv: list[str] | None = None) -> int:
                                          epochs=args.workload_epochs) for w in worlds]
                 print("\n== the research workload (workloads.research.train: resident loader, bf16, "
                       "channels_last, flips) (baseline: training from memory) ==")
-                print(f"{'GPU workers':>11} {'samples/s':>10} {'per GPU x baseline':>18} {'input wait':>10}")
-                for r in runs:
-                    print(f"{r['workers']:>11} {r['samples_per_s']:>10.0f} "
-                          f"{r['samples_per_s'] / r['workers'] / best.samples_per_s:>18.2f} {r['input_wait']:>10.1%}")
+                print(format_table(
+                    ("GPU workers", "samples/s", "per GPU x baseline", "input wait"),
+                    [(r["workers"], f"{r['samples_per_s']:.0f}",
+                      f"{r['samples_per_s'] / r['workers'] / best.samples_per_s:.2f}",
+                      f"{r['input_wait']:.1%}") for r in runs],
+                    align=">>>>"))
                 results["workload"] = runs
 
         if gpu and torch.cuda.device_count() >= 2:
@@ -426,10 +430,12 @@ def main(argv: list[str] | None = None) -> int:
             two = {"DDP defaults": measure_ddp(2, ddp_args),
                    "gradient_as_bucket_view": measure_ddp(2, ddp_args, gradient_as_bucket_view=True)}
             print(f"\n== DDP, {best.name}, per-GPU batch fixed (baseline: 1 GPU) ==")
-            print(f"{'GPUs':>4} {'DDP options':>24} {'samples/s':>10} {'speed-up':>9} {'efficiency':>10}")
-            print(f"{1:>4} {'-':>24} {one:>10.1f} {1.0:>9.2f} {1.0:>10.0%}")
-            for options, rate in two.items():
-                print(f"{2:>4} {options:>24} {rate:>10.1f} {rate / one:>9.2f} {rate / (2 * one):>10.0%}")
+            print(format_table(
+                ("GPUs", "DDP options", "samples/s", "speed-up", "efficiency"),
+                [(1, "-", f"{one:.1f}", f"{1.0:.2f}", f"{1.0:.0%}"),
+                 *((2, options, f"{rate:.1f}", f"{rate / one:.2f}", f"{rate / (2 * one):.0%}")
+                   for options, rate in two.items())],
+                align=">>>>>"))
             results["ddp"] = {"1": one, "2": two, "efficiency": {k: v / (2 * one) for k, v in two.items()}}
         else:
             print(f"\n== DDP: skipped ({torch.cuda.device_count() if gpu else 'no'} GPU; needs 2) ==")

@@ -21,7 +21,7 @@ from typing import Any
 
 from medray.errors import ConfigError, MedrayError
 
-__all__ = ["DEFAULT_CONFIG", "add_parser", "resolve_config"]
+__all__ = ["DEFAULT_CONFIG", "add_parser", "resolve_config", "run"]
 
 DEFAULT_CONFIG = "deploy/serve-diagnosis.yaml"
 
@@ -90,7 +90,8 @@ def _wait_running(address: str, env: dict[str, str], timeout_s: float) -> dict[s
                       f"see `serve status --address {address}`")
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Deploy (or ``--foreground`` run, or ``--stop``) the config's applications; wait until RUNNING."""
     from medray.cluster.local import state_file
 
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
@@ -135,4 +136,4 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for RUNNING")
     p.add_argument("--foreground", action="store_true", help="`serve run` in this terminal instead of deploying")
     p.add_argument("--stop", action="store_true", help="shut down every Serve application of the cluster")
-    p.set_defaults(func=_cmd_serve)
+    p.set_defaults(func=run)

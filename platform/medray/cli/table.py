@@ -15,12 +15,16 @@ def format_table(
     *,
     align: str | None = None,
     title: str | None = None,
+    rule: bool = False,
+    markdown: bool = False,
 ) -> str:
     """Fixed-width columns two spaces apart, trailing spaces stripped.
 
     ``headers``: the first line, or None for a table without one. ``rows``: cells, turned into text
     with ``str`` (format numbers before). ``align``: one ``<`` (left) or ``>`` (right) per column; all
-    left by default. ``title``: a line above the table, underlined to its width.
+    left by default. ``title``: a line above the table, underlined to its width. ``rule``: a line of
+    dashes under the headers, as wide as each column. ``markdown``: a Markdown pipe table instead
+    (headers required; cells unpadded, the alignment in its rule row).
     """
     table = ([list(map(str, headers))] if headers is not None else []) + [list(map(str, r)) for r in rows]
     if not table:
@@ -31,8 +35,16 @@ def format_table(
     align = align or "<" * n
     if len(align) != n or set(align) - {"<", ">"}:
         raise ValueError(f"align needs one '<' or '>' per column ({n}), got {align!r}")
-    widths = [max(len(r[i]) for r in table) for i in range(n)]
-    lines = ["  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)).rstrip() for r in table]
+    if (rule or markdown) and headers is None:
+        raise ValueError("a rule or a Markdown table needs headers")
+    if markdown:
+        lines = [f"| {' | '.join(r)} |" for r in table]
+        lines.insert(1, "|" + "|".join("---:" if a == ">" else "---" for a in align) + "|")
+    else:
+        widths = [max(len(r[i]) for r in table) for i in range(n)]
+        if rule:
+            table.insert(1, ["-" * w for w in widths])
+        lines = ["  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)).rstrip() for r in table]
     if title is not None:
         lines[:0] = [title, "-" * max(len(title), *(len(line) for line in lines))]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""What ``medray status`` shows: every node with its role, site, storage, accelerator and GPU health."""
+"""What ``medray status`` shows: every node with its role, site, storage, accelerator and GPU health
+(as rows; :func:`medray.cli.status.format_nodes` prints them)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from medray.cluster.node_types import (
 )
 from medray.cluster.nvml import GpuReading, health_summary, read_gpus
 
-__all__ = ["node_rows", "format_table"]
+__all__ = ["node_rows"]
 
 _NODE_ID_LABEL = "ray.io/node-id"
 
@@ -90,24 +91,3 @@ def node_rows(*, gpu_timeout_s: float = 20.0) -> list[dict[str, Any]]:
     rows.sort(key=lambda r: (role_order.get(r["role"], len(ROLES)), r["node_type"] or "", r["node_id"]))
     return rows
 
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """A fixed-width text table of :func:`node_rows` for terminals."""
-    headers = ["NODE", "TYPE", "ROLE", "SITE", "STORAGE", "ACCEL", "ALIVE", "CPU", "GPU", "GPU HEALTH"]
-    table = [headers] + [
-        [
-            r["node_id"][:8],
-            r["node_type"] or "-",
-            r["role"] or "-",
-            r["site"] or "-",
-            r["storage"] or "-",
-            r["accelerator"] or "-",
-            "yes" if r["alive"] else "NO",
-            f"{r['resources'].get('CPU', 0):g}",
-            f"{r['resources'].get('GPU', 0):g}",
-            r["gpu_health"],
-        ]
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)

@@ -19,3 +19,17 @@ def test_a_title_is_underlined_and_trailing_spaces_are_stripped():
 def test_ragged_rows_or_a_bad_alignment_are_refused(rows, align):
     with pytest.raises(ValueError):
         format_table(None, rows, align=align)
+
+
+def test_a_rule_under_the_headers_is_as_wide_as_each_column():
+    text = format_table(["NAME", "N"], [["longer", 22]], align="<>", rule=True)
+    assert text.splitlines() == ["NAME     N", "------  --", "longer  22"]
+
+
+def test_a_markdown_table_carries_its_alignment_in_the_rule_row():
+    text = format_table(["c", "server", "ratio"], [[1, "medray", "0.90x"], [1, "fastapi", ""]], align="><>",
+                        markdown=True)
+    assert text.splitlines() == ["| c | server | ratio |", "|---:|---|---:|", "| 1 | medray | 0.90x |",
+                                 "| 1 | fastapi |  |"]
+    with pytest.raises(ValueError):
+        format_table(None, [["a"]], markdown=True)

@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import CLUSTER_YAML
 
+
 def _processes_of(cluster_id: str) -> list[str]:
     """Live processes started for the local cluster ``cluster_id`` (marked in their environment)."""
     found = []

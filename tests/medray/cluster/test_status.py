@@ -5,7 +5,8 @@ import os
 import subprocess
 import sys
 
-from medray.cluster.status import format_table, node_rows
+from medray.cli.status import format_nodes
+from medray.cluster.status import node_rows
 
 REQUIRED = {"node_id", "role", "site", "storage", "accelerator", "alive", "resources", "drained"}
 
@@ -22,7 +23,7 @@ def test_one_row_per_node_type_with_its_labels(ray_cluster, node_types):
         assert row["alive"] is True
         assert row["resources"].get("GPU", 0) == min(t.gpus, 1)
         assert row["gpu_health"] == ("simulated GPU (no device)" if t.gpus else "no GPU")
-    table = format_table(rows)
+    table = format_nodes(rows)
     assert len(table.splitlines()) == len(rows) + 1 and "partner-a" in table
 
 

@@ -1,12 +1,10 @@
-"""medray.security.audit: the append-only, hash-chained audit log and `medray audit verify`."""
+"""medray.security.audit: the append-only, hash-chained audit log."""
 
-import argparse
 import json
 import multiprocessing
 
 import pytest
 
-from medray.cli import audit as audit_cli
 from medray.security.audit import GENESIS, AuditError, AuditLog, verify_chain
 
 
@@ -108,19 +106,3 @@ def test_concurrent_writers_in_several_processes_keep_one_chain(tmp_path):
     report = verify_chain(path)
     assert report.ok and report.entries == 150, report
 
-
-def _verify_cli(*argv):
-    parser = argparse.ArgumentParser()
-    audit_cli.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["audit", "verify", *argv])
-    return args.func(args)
-
-
-def test_verify_command_exit_codes(tmp_path, capsys):
-    path = tmp_path / "audit.jsonl"
-    write_log(path)
-    assert _verify_cli(str(path)) == 0
-    assert "ok: 5 entries" in capsys.readouterr().out
-    path.write_text("".join(_edit(lines(path))))
-    assert _verify_cli(str(path)) == 1
-    assert "line 3" in capsys.readouterr().out

@@ -107,25 +107,3 @@ def test_duplicate_client_and_unknown_scope_are_refused(token_file):
     with pytest.raises(ConfigError, match="scopes"):
         add_client(path, "x", ["superuser"])
 
-
-def test_token_commands_print_the_token_once_and_never_list_it(tmp_path, capsys):
-    import argparse
-
-    from medray.cli import auth as auth_cli
-
-    parser = argparse.ArgumentParser()
-    auth_cli.add_parser(parser.add_subparsers(dest="command", required=True))
-
-    def run(*argv):
-        args = parser.parse_args(["token", *argv])
-        return args.func(args)
-
-    path = str(tmp_path / "tokens.json")
-    assert run("create", "--file", path, "--name", "clinic-a", "--scope", "clinic") == 0
-    token = capsys.readouterr().out.strip().splitlines()[-1]
-    assert load_tokens(path).authenticate(f"Bearer {token}").name == "clinic-a"
-    assert run("list", "--file", path) == 0
-    listed = capsys.readouterr().out
-    assert "clinic-a" in listed and token not in listed
-    assert run("revoke", "--file", path, "--name", "clinic-a") == 0
-    assert not load_tokens(path).by_hash
