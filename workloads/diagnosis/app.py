@@ -23,7 +23,6 @@ from ray.serve import Application
 from ray.serve.config import AutoscalingConfig, BackpressureConfig
 
 from medray.broker.client import get_broker, unwatch_serve, watch_serve
-from medray.cluster.node_types import NODE_TYPE_LABEL
 from medray.scheduling.options import place
 from medray.scheduling.placement import WorkloadProfile
 from workloads.diagnosis.api import DiagnosisAPI
@@ -60,18 +59,8 @@ def _autoscaling(cfg: LaneConfig) -> AutoscalingConfig:
 
 def lane_options(cfg: LaneConfig) -> dict[str, Any]:
     """``ray_actor_options`` of a lane's replicas: any node of its first role, then the other roles' types."""
-    placement = place(WorkloadProfile(roles=cfg.roles, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
-                                      gpu_memory_gb=cfg.gpu_memory_gb, latency="realtime"))
-    first_role = placement.node_type.role
-    own = [t.name for t in placement.candidates if t.role == first_role]
-    options = placement.ray_options()
-    options["label_selector"] = {
-        **placement.label_selector, NODE_TYPE_LABEL: own[0] if len(own) == 1 else f"in({','.join(own)})"}
-    fallback = [f for f, t in zip(placement.fallback_strategy, placement.candidates[1:]) if t.role != first_role]
-    options.pop("fallback_strategy", None)
-    if fallback:
-        options["fallback_strategy"] = fallback
-    return options
+    return place(WorkloadProfile(roles=cfg.roles, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+                                 gpu_memory_gb=cfg.gpu_memory_gb, latency="realtime")).role_grouped_options()
 
 
 def deployment_options(args: DiagnosisArgs) -> dict[str, dict[str, Any]]:

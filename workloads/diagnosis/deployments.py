@@ -19,16 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-import ray
 from pydicom.dataset import Dataset
 from ray import serve
 
-from medray.cluster.node_types import NODE_TYPE_LABEL
 from medray.cluster.nvml import limit_gpu_memory
 from medray.errors import DicomError, MedrayError
 from medray.logs import get_logger
 from medray.models.registry import list_models, resolve
 from medray.privacy.pseudonym import load_key, pseudo_uid, pseudonym
+from medray.scheduling.load import current_node_type
 from workloads.diagnosis.config import DiagnosisArgs
 from workloads.diagnosis.pipeline import LoadedModel, load_model, predict, prepare
 
@@ -146,7 +145,7 @@ class Engine:
         self._infer.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
         self._resident: dict[str, int] = {}
         self._replica = serve.get_replica_context().replica_id.unique_id
-        self.node_type = ray.get_runtime_context().get_node_labels().get(NODE_TYPE_LABEL, "unknown")
+        self.node_type = current_node_type()
         self.catalog_version = 0
         self.experts: dict[str, str] = {}
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from medray.cli.table import format_table
 from medray.cluster.local import connect
 from medray.data.shards import SCHEMA_VERSION, VOLUMES_DIR
 from medray.errors import ConfigError, MedrayError
@@ -47,6 +48,7 @@ from medray.logs import get_logger
 from medray.metrics import counter
 from medray.privacy.ps315 import PROFILE_CODES, TABLE_VERSION, DeidOptions, method_description
 from medray.privacy.pseudonym import key_id, load_key
+from medray.scheduling.load import current_node_type
 from medray.scheduling.placement import Placement
 from workloads.preprocess.runs import (
     MANIFEST,
@@ -54,10 +56,8 @@ from workloads.preprocess.runs import (
     QUARANTINE_SCHEMA,
     Quarantined,
     default_concurrency,
-    format_table,
     list_files,
     map_options,
-    node_type_here,
     pipeline_parser,
     placement,
     read_manifest,
@@ -137,14 +137,14 @@ class Summary:
         rows += [(f"  {reason}", n) for reason, n in sorted(self.quarantined.items())]
         where = ", ".join(f"{k}={v}" for k, v in sorted(self.node_types.items()))
         rows += [("series by node type", where or "-"), ("seconds", f"{self.seconds:.1f}")]
-        return format_table(f"DICOM preprocessing -> {self.output}", rows)
+        return format_table(None, rows, title=f"DICOM preprocessing -> {self.output}")
 
 
 # --- Ray Data tasks (run on prep nodes) ------------------------------------------------------
 
 def _scan_batch(batch: pa.Table, root: str, key: bytes) -> pa.Table:
     quiet_pydicom()
-    node = node_type_here()
+    node = current_node_type()
     rows = []
     for path in batch.column("path").to_pylist():
         cpu = time.process_time()
@@ -168,7 +168,7 @@ def _outcome(r: SeriesResult, node: str) -> dict[str, Any]:
 
 def _series_batch(batch: pa.Table, root: str, out: str, key: bytes, options: DicomOptions) -> pa.Table:
     quiet_pydicom()
-    node = node_type_here()
+    node = current_node_type()
     rows = []
     for unit in batch.to_pylist():
         uid, paths = unit["series_uid"], unit["paths"]
@@ -183,7 +183,7 @@ def _series_batch(batch: pa.Table, root: str, out: str, key: bytes, options: Dic
 
 def _folder_batch(batch: pa.Table, root: str, out: str, key: bytes, options: DicomOptions) -> pa.Table:
     quiet_pydicom()
-    node = node_type_here()
+    node = current_node_type()
     rows = []
     for unit in batch.to_pylist():
         try:

@@ -26,18 +26,18 @@ from typing import Any
 
 import pyarrow as pa
 
+from medray.cli.table import format_table
 from medray.cluster.local import connect
 from medray.data.shards import write_parquet
 from medray.errors import ConfigError, MedrayError
 from medray.logs import get_logger
 from medray.privacy.emr import EmrMapping, deidentify_table
 from medray.privacy.pseudonym import key_id, load_key
+from medray.scheduling.load import current_node_type
 from workloads.preprocess.runs import (
     default_concurrency,
-    format_table,
     list_files,
     map_options,
-    node_type_here,
     pipeline_parser,
     placement,
     read_manifest,
@@ -88,7 +88,7 @@ class EmrSummary:
         rows += [("rows out", self.rows_out),
                  ("by node type", ", ".join(f"{k}={v}" for k, v in sorted(self.node_types.items())) or "-"),
                  ("seconds", f"{self.seconds:.1f}")]
-        return format_table(f"EMR de-identification -> {self.output}", rows)
+        return format_table(None, rows, title=f"EMR de-identification -> {self.output}")
 
 
 def _table_name(path: str) -> str:
@@ -105,7 +105,7 @@ def _read(path: Path) -> pa.Table:
 
 
 def _emr_batch(batch: pa.Table, root: str, out: str, key: bytes, mapping: EmrMapping) -> pa.Table:
-    node = node_type_here()
+    node = current_node_type()
     rows = []
     for path in batch.column("path").to_pylist():
         start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""What the DICOM and EMR pipelines share: placement, input listing, quarantine, manifest, summary.
+"""What the DICOM and EMR pipelines share: placement, input listing, quarantine, manifest.
 
 Everything written here is free of PHI by construction: paths relative to the input (the
 pipelines' own file names are pseudonymous), reason codes, counts, option values and timings.
@@ -9,16 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from medray.cluster.node_types import NODE_TYPE_LABEL, ROLE_LABEL
+from medray.cluster.node_types import ROLE_LABEL
 from medray.data.shards import write_parquet
-from medray.errors import ConfigError, PlacementError
+from medray.errors import ConfigError
+from medray.scheduling.load import live_nodes, require_running
 from medray.scheduling.options import place
 from medray.scheduling.placement import Placement, WorkloadProfile
 
@@ -35,13 +36,11 @@ __all__ = [
     "placement",
     "default_concurrency",
     "map_options",
-    "node_type_here",
     "list_files",
     "write_quarantine",
     "read_manifest",
     "start_tasks_at_once",
     "write_manifest",
-    "format_table",
 ]
 
 # Prefer prep nodes (hot local storage first); spill onto idle inference and training nodes.
@@ -76,16 +75,9 @@ def pipeline_parser(pipeline: str, doc: str, *, input_help: str, output_help: st
 
 def placement(profile: WorkloadProfile = PREP_PROFILE) -> Placement:
     """Where the pipeline's tasks go; PlacementError when no node of the running cluster fits."""
-    import ray
-
     chosen = place(profile)
-    alive = {n["Labels"].get(NODE_TYPE_LABEL) for n in ray.nodes() if n["Alive"]}
-    if not alive & {t.name for t in chosen.candidates}:
-        raise PlacementError(
-            f"no node of types {[t.name for t in chosen.candidates]} is running in this Ray "
-            "cluster: start the medray cluster (`medray up --local`) and submit with "
-            "`ray job submit`, or connect to it before calling the pipeline"
-        )
+    require_running(chosen, hint="start the medray cluster (`medray up --local`) and submit with "
+                    "`ray job submit`, or connect to it before calling the pipeline")
     return chosen
 
 
@@ -95,11 +87,8 @@ def default_concurrency(chosen: Placement) -> int:
     Capping at this keeps the work on those nodes; it only spills over (``fallback_strategy``)
     onto other roles when they are busy with other work.
     """
-    import ray
-
     preferred = chosen.profile.roles[0]
-    cpus = sum(n["Resources"].get("CPU", 0) for n in ray.nodes()
-               if n["Alive"] and n["Labels"].get(ROLE_LABEL) == preferred)
+    cpus = sum(n["Resources"].get("CPU", 0) for n in live_nodes() if n["Labels"].get(ROLE_LABEL) == preferred)
     return max(1, int(cpus // max(chosen.profile.num_cpus, 1e-3)))
 
 
@@ -107,25 +96,14 @@ def map_options(chosen: Placement, concurrency: int) -> dict[str, Any]:
     """``map_batches`` options for ``concurrency`` tasks placed as ``chosen`` says.
 
     The node types of the preferred role form one selector (``in(cpu-prep,bulk-prep)``), the
-    other candidates stay fallbacks in the placement's order. Ray Data keeps only ``concurrency``
-    tasks in flight, and a waiting task queues on its selected type rather than falling back, so
-    one selector per type would leave the second prep type idle.
+    other candidates stay fallbacks in the placement's order
+    (:meth:`~medray.scheduling.placement.Placement.role_grouped_options`): Ray Data keeps only
+    ``concurrency`` tasks in flight, and a waiting task queues on its selected type rather than
+    falling back, so one selector per type would leave the second prep type idle.
     """
     import ray.data
 
-    base = chosen.label_selector
-    preferred = [t.name for t in chosen.candidates if t.role == chosen.node_type.role]
-    others = [t.name for t in chosen.candidates if t.role != chosen.node_type.role]
-    options: dict[str, Any] = {
-        "num_cpus": chosen.profile.num_cpus,
-        "num_gpus": chosen.profile.num_gpus,
-        "label_selector": {**base, NODE_TYPE_LABEL: f"in({','.join(preferred)})"},
-        "compute": ray.data.TaskPoolStrategy(size=concurrency),
-    }
-    if others:
-        options["fallback_strategy"] = [{"label_selector": {**base, NODE_TYPE_LABEL: name}}
-                                        for name in others]
-    return options
+    return {**chosen.role_grouped_options(), "compute": ray.data.TaskPoolStrategy(size=concurrency)}
 
 
 def start_tasks_at_once(ds: ray.data.Dataset) -> ray.data.Dataset:
@@ -144,13 +122,6 @@ def start_tasks_at_once(ds: ray.data.Dataset) -> ray.data.Dataset:
     if hasattr(context, "op_resource_reservation_enabled"):
         context.op_resource_reservation_enabled = False
     return ds
-
-
-def node_type_here() -> str:
-    """The medray node type of the worker this runs on ("unknown" outside a medray cluster)."""
-    import ray
-
-    return ray.get_runtime_context().get_node_labels().get(NODE_TYPE_LABEL, "unknown")
 
 
 def list_files(root: str | Path) -> list[str]:
@@ -206,11 +177,3 @@ def write_manifest(out: Path, manifest: Mapping[str, Any]) -> None:
     tmp = out / f".{MANIFEST}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, out / MANIFEST)
-
-
-def format_table(title: str, rows: Sequence[tuple[str, Any]]) -> str:
-    """A two-column text table for the final summary."""
-    width = max(len(k) for k, _ in rows)
-    lines = [title, "-" * max(len(title), width + 12)]
-    lines += [f"{k:<{width}}  {v}" for k, v in rows]
-    return "\n".join(lines)

@@ -46,16 +46,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from medray.broker.preemption import report_checkpoint, yield_requested
-from medray.cluster.node_types import NODE_TYPE_LABEL
 from medray.data.shards import VOLUME
+from medray.imaging.augment import random_flip
 from medray.logs import get_logger
 from medray.models import build_model
 from medray.models.precision import choose_precision
+from medray.scheduling.load import current_node_type
 from workloads.research.config import TrainConfig, use_sync_bn
 from workloads.research.data import LABEL, ResidentSet, load_resident, resident_budget
 from workloads.research.evaluate import roc_auc
 
-__all__ = ["STATE_FILE", "WEIGHTS_FILE", "Session", "TrainSession", "TuneSession", "flip", "run",
+__all__ = ["STATE_FILE", "WEIGHTS_FILE", "Session", "TrainSession", "TuneSession", "run",
            "train_worker", "summarise"]
 
 _log = get_logger("medray.research.loop")
@@ -64,19 +65,6 @@ STATE_FILE = "state.pt"
 WEIGHTS_FILE = "model.pt"
 # Rows per batch while a worker pulls its shard into memory (4 MiB of float32 volumes of 16x64x64).
 _LOAD_BATCH = 256
-
-
-def flip(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
-    """Flip each volume of ``x`` (N, 1, D, H, W) along each spatial axis with probability strength/2."""
-    if strength <= 0:
-        return x
-    chosen = torch.stack([torch.rand(x.shape[0], generator=generator) < strength / 2 for _ in range(3)])
-    # On a GPU: one copy that does not wait for the GPU's queue to drain.
-    masks = chosen.pin_memory().to(x.device, non_blocking=True) if x.device.type == "cuda" else chosen
-    for axis, any_chosen, mask in zip((2, 3, 4), chosen.any(dim=1).tolist(), masks):
-        if any_chosen:
-            x = torch.where(mask.view(-1, 1, 1, 1, 1), x.flip(axis), x)
-    return x
 
 
 def _world() -> tuple[int, int]:
@@ -246,8 +234,6 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
     attempts' start epochs, where the workers ran, the steps taken so far, whether the run
     stopped because the broker asked it to yield, and the loader used ("resident"/"stream").
     """
-    import ray
-
     cfg = TrainConfig(**config["train"])
     rank, world = _world()
     device = session.device()
@@ -287,7 +273,7 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
     starts = [*starts, start_epoch]
 
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    node_type = ray.get_runtime_context().get_node_labels().get(NODE_TYPE_LABEL, "unknown")
+    node_type = current_node_type()
     # A simulated GPU (Ray reserved one, torch sees none) is given a real GPU's step time.
     min_step_s = cfg.simulated_gpu_ms / 1e3 if cfg.gpus_per_worker and device.type == "cpu" else 0.0
     progress = _Progress(cfg.progress_log, rank)
@@ -332,7 +318,7 @@ def run(config: dict[str, Any], session: Session) -> dict[str, Any]:
             waited += s0 - w0
             if batch is None:
                 break
-            x = flip(batch[VOLUME].unsqueeze(1), cfg.augment, generator)
+            x = random_flip(batch[VOLUME].unsqueeze(1), cfg.augment, generator)
             x = x.contiguous(memory_format=memory_format)
             y = batch[LABEL]
             with precision.autocast():

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from medray.cluster.node_types import NODE_TYPE_LABEL, SIMULATED_GPU_LABEL, NodeType, load_node_types
-from medray.errors import PlacementError
+from medray.cluster.node_types import SIMULATED_GPU_LABEL, NodeType, load_node_types
+from medray.scheduling.load import require_running
 from medray.scheduling.options import place
 from medray.scheduling.placement import Placement, WorkloadProfile
 
@@ -24,10 +24,7 @@ TRAIN_ROLES = ("train",)
 
 def any_candidate_selector(placement: Placement) -> dict[str, str]:
     """The placement's label selector widened from its best node type to all its candidates."""
-    selector = dict(placement.label_selector)
-    names = [t.name for t in placement.candidates]
-    selector[NODE_TYPE_LABEL] = names[0] if len(names) == 1 else f"in({','.join(names)})"
-    return selector
+    return placement.types_selector(placement.candidates)
 
 
 @dataclass(frozen=True)
@@ -72,12 +69,6 @@ class WorkerPlacement:
         return TorchConfig(backend=self.backend)
 
 
-def _live_nodes(names: set[str]) -> list[dict[str, Any]]:
-    import ray
-
-    return [n for n in ray.nodes() if n["Alive"] and n["Labels"].get(NODE_TYPE_LABEL) in names]
-
-
 def place_workers(
     *,
     cpus_per_worker: float = 1.0,
@@ -95,12 +86,8 @@ def place_workers(
         types = [t for t in types if t.accelerator == accelerator]
     profile = WorkloadProfile(roles=TRAIN_ROLES, num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
     placement = place(profile, types)
-    live = _live_nodes({t.name for t in placement.candidates})
-    if not live:
-        raise PlacementError(
-            f"no node of types {[t.name for t in placement.candidates]} is running in this Ray "
-            "cluster: start the medray cluster (`medray up --local`) or connect to one with training nodes"
-        )
+    live = require_running(placement, hint="start the medray cluster (`medray up --local`) or connect to one "
+                           "with training nodes")
     real_gpus = gpus_per_worker > 0 and any(n["Labels"].get(SIMULATED_GPU_LABEL) != "true" for n in live)
     accelerators = {t.accelerator for t in placement.candidates}
     # Ray's accelerator_type is one model: set it only when every candidate has that model.

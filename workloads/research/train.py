@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medray.cli.table import format_table
 from medray.cluster.local import connect
 from medray.errors import MedrayError
 from medray.logs import get_logger
@@ -64,11 +65,12 @@ class TrainResult:
 
     def table(self) -> str:
         """The per-epoch metrics as a text table."""
-        lines = [f"{'epoch':>5} {'train_loss':>10} {'val_loss':>8} {'val_auc':>7} {'samples/s':>9} {'input_wait':>10}"]
-        for h in self.history:
-            lines.append(f"{int(h['epoch']):>5} {h['train_loss']:>10.4f} {h.get('val_loss', float('nan')):>8.4f} "
-                         f"{h.get('val_auc', float('nan')):>7.3f} {h['samples_per_s']:>9.1f} {h['input_wait']:>10.1%}")
-        return "\n".join(lines)
+        nan = float("nan")
+        rows = [(int(h["epoch"]), f"{h['train_loss']:.4f}", f"{h.get('val_loss', nan):.4f}",
+                 f"{h.get('val_auc', nan):.3f}", f"{h['samples_per_s']:.1f}", f"{h['input_wait']:.1%}")
+                for h in self.history]
+        return format_table(("epoch", "train_loss", "val_loss", "val_auc", "samples/s", "input_wait"), rows,
+                            align=">" * 6)
 
 
 def build_trainer(

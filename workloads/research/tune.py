@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medray.cli.table import format_table
 from medray.cluster.local import connect
-from medray.cluster.node_types import NODE_TYPE_LABEL
 from medray.demo import figures
 from medray.errors import ConfigError, MedrayError
 from medray.logs import get_logger
+from medray.scheduling.load import live_nodes
 from workloads.research.config import TrainConfig
 from workloads.research.data import build_datasets, load_cohort
 from workloads.research.loop import TuneSession, run
@@ -79,11 +80,10 @@ class TuneResult:
     seconds: float
 
     def table(self) -> str:
-        lines = [f"{'trial':>12} {'lr':>9} {'width':>5} {'augment':>7} {'epochs':>6} {'val_auc':>7} {'stopped':>7}"]
-        for t in self.trials:
-            lines.append(f"{t['trial_id']:>12} {t['lr']:>9.2e} {t['width']:>5} {t['augment']:>7.2f} "
-                         f"{t['epochs']:>6} {t['val_auc']:>7.3f} {'early' if t['stopped_early'] else '':>7}")
-        return "\n".join(lines)
+        rows = [(t["trial_id"], f"{t['lr']:.2e}", t["width"], f"{t['augment']:.2f}", t["epochs"],
+                 f"{t['val_auc']:.3f}", "early" if t["stopped_early"] else "") for t in self.trials]
+        return format_table(("trial", "lr", "width", "augment", "epochs", "val_auc", "stopped"), rows,
+                            align=">" * 7)
 
 
 def _place(cfg: TrainConfig) -> WorkerPlacement:
@@ -93,18 +93,13 @@ def _place(cfg: TrainConfig) -> WorkerPlacement:
 
 def worker_slots(cfg: TrainConfig) -> int:
     """How many workers of ``cfg``'s size the running training nodes can hold at once."""
-    import ray
-
-    workers = _place(cfg)
-    names = {t.name for t in workers.placement.candidates}
     slots = 0
-    for node in ray.nodes():
-        if node["Alive"] and node["Labels"].get(NODE_TYPE_LABEL) in names:
-            r = node["Resources"]
-            fit = [r.get("CPU", 0) // cfg.cpus_per_worker]
-            if cfg.gpus_per_worker:
-                fit.append(r.get("GPU", 0) // cfg.gpus_per_worker)
-            slots += int(min(fit))
+    for node in live_nodes({t.name for t in _place(cfg).placement.candidates}):
+        r = node["Resources"]
+        fit = [r.get("CPU", 0) // cfg.cpus_per_worker]
+        if cfg.gpus_per_worker:
+            fit.append(r.get("GPU", 0) // cfg.gpus_per_worker)
+        slots += int(min(fit))
     return slots
 
 

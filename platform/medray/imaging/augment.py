@@ -18,6 +18,10 @@ output for the same seed, within float rounding.
     for batch in read_volumes(out).iter_batches(batch_size=8, batch_format="numpy"):
         x = augmenter(batch["volume"])  # torch.Tensor (N, 1, D, H, W), on the GPU with dali-gpu
 
+The training loop (:mod:`workloads.research.loop`) flips only, on tensors already on its device:
+:func:`random_flip` draws from a torch generator and flips with :func:`flip_volumes`, the flip that
+:func:`augment_torch` applies too.
+
 DALI is optional (``pip install 'medray[dali]'``, i.e. ``nvidia-dali-cuda120``) and imported
 only when a DALI backend is used.
 """
@@ -38,6 +42,8 @@ __all__ = [
     "AugmentParams",
     "dali_available",
     "default_backend",
+    "flip_volumes",
+    "random_flip",
     "augment_torch",
     "VolumeAugmenter",
 ]
@@ -117,16 +123,41 @@ def _batch(volumes: Any) -> np.ndarray:
     return batch
 
 
+def flip_volumes(x: Any, flips: Any) -> Any:
+    """Flip each volume of the tensor ``x`` (N, 1, D, H, W) along z, y and x where ``flips`` (N, 3) says.
+
+    ``flips``: on the host (numpy or a CPU tensor), nonzero where a volume flips on that axis.
+    """
+    import torch
+
+    chosen = torch.as_tensor(flips, dtype=torch.bool).T.contiguous()  # (3, N): z, y, x
+    # On a GPU: one copy that does not wait for the GPU's queue to drain.
+    masks = chosen.pin_memory().to(x.device, non_blocking=True) if x.device.type == "cuda" else chosen
+    for axis, any_chosen, mask in zip((2, 3, 4), chosen.any(dim=1).tolist(), masks):
+        if any_chosen:
+            x = torch.where(mask.view(-1, 1, 1, 1, 1), x.flip(axis), x)
+    return x
+
+
+def random_flip(x: Any, strength: float, generator: Any) -> Any:
+    """Flip each volume of ``x`` (N, 1, D, H, W) along each spatial axis with probability strength/2.
+
+    ``generator``: the ``torch.Generator`` the flips are drawn from (on the host), one draw per axis.
+    """
+    import torch
+
+    if strength <= 0:
+        return x
+    flips = torch.stack([torch.rand(x.shape[0], generator=generator) < strength / 2 for _ in range(3)], dim=1)
+    return flip_volumes(x, flips)
+
+
 def augment_torch(volumes: Any, params: AugmentParams, spec: AugmentSpec, *, device: Any = None) -> Any:
     """The reference path in PyTorch: ``(N, D, H, W)`` -> ``(N, 1, D, H, W)`` float32 tensor."""
     import torch
 
-    x = torch.tensor(_batch(volumes), device=device)[:, None]  # a copy: flips write in place
-    flips = torch.as_tensor(params.flips, dtype=torch.bool, device=x.device)
-    for axis in range(3):  # z, y, x -> tensor dims 2, 3, 4
-        chosen = flips[:, axis]
-        if chosen.any():
-            x[chosen] = x[chosen].flip(2 + axis)
+    # A copy, never a view of the caller's array (Ray Data's batches are read-only).
+    x = flip_volumes(torch.tensor(_batch(volumes), device=device)[:, None], params.flips)
     shape = (-1, 1, 1, 1, 1)
     x = x * torch.as_tensor(params.scale, device=x.device).view(shape)
     x = x + torch.as_tensor(params.shift, device=x.device).view(shape)

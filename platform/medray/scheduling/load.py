@@ -101,8 +101,8 @@ def live_nodes(node_types: set[str] | None = None) -> list[dict[str, Any]]:
     """The alive nodes of the connected cluster (``ray.nodes()`` entries), of ``node_types`` when given."""
     import ray
 
-    return [n for n in ray.nodes()
-            if n["Alive"] and (node_types is None or (n.get("Labels") or {}).get(NODE_TYPE_LABEL) in node_types)]
+    return [n for n in ray.nodes() if n["Alive"]
+            and (node_types is None or (n.get("Labels") or {}).get(NODE_TYPE_LABEL) in node_types)]
 
 
 def require_running(placement: Placement, *, hint: str = "start the medray cluster (`medray up --local`) "

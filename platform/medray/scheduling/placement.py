@@ -152,7 +152,7 @@ class Placement:
         return selector
 
     def role_grouped_options(self) -> dict[str, Any]:
-        """:meth:`ray_options` with the preferred role's node types as one selector, other roles' as fallbacks.
+        """:meth:`ray_options` with the preferred role's types in one selector, other roles' as fallbacks.
 
         For work whose queue must not wait on one type while another of the same role is idle: a
         task or replica waiting for its selected type does not fall back (Ray 2.60), so one selector

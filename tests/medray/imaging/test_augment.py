@@ -1,4 +1,7 @@
-"""medray.imaging.augment: the DALI augmentation pipeline against its plain-PyTorch reference path."""
+"""medray.imaging.augment: the DALI augmentation pipeline against its plain-PyTorch reference path, and
+the training loop's random flip."""
+
+import itertools
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from medray.imaging.augment import (
     augment_torch,
     dali_available,
     default_backend,
+    random_flip,
 )
 
 SHAPE = (4, 6, 8)
@@ -78,3 +82,33 @@ def test_dali_backend_equals_the_torch_path(backend):
         got, want = dali(x), reference(x)
         assert got.shape == want.shape == (n, 1, *SHAPE)
         torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+def _tensors(n: int) -> torch.Tensor:
+    return torch.arange(n * 2 * 3 * 4, dtype=torch.float32).reshape(n, 1, 2, 3, 4)
+
+
+def test_random_flip_strength_zero_is_identity():
+    x = _tensors(4)
+    assert random_flip(x, 0.0, torch.Generator().manual_seed(0)) is x
+
+
+def test_random_flip_turns_each_volume_along_a_subset_of_axes_reproducibly():
+    x = _tensors(64)
+    out = random_flip(x, 1.0, torch.Generator().manual_seed(3))
+    assert torch.equal(out, random_flip(x, 1.0, torch.Generator().manual_seed(3)))
+    seen = set()
+    for volume, flipped in zip(x, out):
+        matches = [axes for r in range(4) for axes in itertools.combinations((1, 2, 3), r)
+                   if torch.equal(volume.flip(axes) if axes else volume, flipped)]
+        assert matches, "a volume came out as something other than a flip of itself"
+        seen.add(matches[0])
+    # strength 1: every axis flips with probability 1/2, so 64 volumes show most of the 8 subsets
+    assert len(seen) >= 6
+    # the masks are drawn from the generator alone: the same draws on CPU as before the change
+    g = torch.Generator().manual_seed(3)
+    masks = [torch.rand(64, generator=g) < 0.5 for _ in range(3)]
+    expected = x
+    for axis, mask in zip((2, 3, 4), masks):
+        expected = torch.where(mask.view(-1, 1, 1, 1, 1), expected.flip(axis), expected)
+    assert torch.equal(out, expected)

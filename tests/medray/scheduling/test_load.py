@@ -2,12 +2,14 @@
 
 import time
 
+import pytest
 import ray
 
 from medray.cluster.node_types import NodeType
-from medray.scheduling.load import cluster_load, drained_nodes
+from medray.errors import PlacementError
+from medray.scheduling.load import cluster_load, current_node_type, drained_nodes, live_nodes, require_running
 from medray.scheduling.options import place
-from medray.scheduling.placement import NODE_ID_LABEL, LoadSnapshot, NodeLoad, WorkloadProfile
+from medray.scheduling.placement import NODE_ID_LABEL, LoadSnapshot, NodeLoad, WorkloadProfile, plan
 
 
 def names(placement):
@@ -100,7 +102,7 @@ def test_without_a_broker_nothing_is_excluded():
 @ray.remote
 class Holder:
     def node_type(self):
-        return ray.get_runtime_context().get_node_labels()["medray.io/node-type"]
+        return current_node_type()
 
 
 def wait_for(predicate, timeout_s=30.0, what="condition"):
@@ -149,3 +151,13 @@ def test_cluster_load_sees_busy_gpus_and_placement_moves_on(ray_cluster, node_ty
         assert place(profile, node_types, load=busy).node_type.name == "infer-l4"
     finally:
         ray.kill(holder)
+
+
+def test_require_running_returns_the_live_nodes_or_says_what_to_do(ray_cluster, node_types):
+    prep = plan(WorkloadProfile(roles=("prep",)), node_types)
+    prep_nodes = {n["NodeID"] for n in live_nodes({"bulk-prep", "cpu-prep"})}
+    assert {n["NodeID"] for n in require_running(prep)} == prep_nodes and prep_nodes
+    assert len(live_nodes()) == len(node_types)
+    ghost = plan(WorkloadProfile(roles=("infer",)), [infer("ghost", 0.5)])
+    with pytest.raises(PlacementError, match=r"types \['ghost'\] is running in this Ray cluster: do X$"):
+        require_running(ghost, hint="do X")

@@ -32,6 +32,26 @@ def test_role_preference_then_fallback_roles(node_types):
     assert opts["num_gpus"] == 1
 
 
+def test_role_grouped_options_select_the_first_roles_types_at_once(node_types):
+    p = place(WorkloadProfile(roles=("infer", "train"), num_gpus=1), node_types, drained=frozenset({"n1"}))
+    opts = p.role_grouped_options()
+    drained = {"ray.io/node-id": "!in(n1)"}
+    assert opts["label_selector"] == {"medray.io/node-type": "in(infer-t4,infer-l4)", **drained}
+    assert [f["label_selector"] for f in opts["fallback_strategy"]] == [
+        {"medray.io/node-type": t, **drained} for t in ("train-a100", "train-h100")]
+    assert (opts["num_cpus"], opts["num_gpus"]) == (1.0, 1)
+    assert "fallback_strategy" not in place(WorkloadProfile(roles=("infer",), num_gpus=1),
+                                            node_types).role_grouped_options()
+
+
+def test_types_selector_names_one_type_bare_and_several_with_in(node_types):
+    p = place(WorkloadProfile(roles=("prep", "infer"), site="partner-a"), node_types)
+    site = {"medray.io/site": "partner-a"}
+    assert p.types_selector(p.candidates) == {"medray.io/node-type": "edge-partner-a", **site}
+    p = place(WorkloadProfile(roles=("prep",)), node_types)
+    assert p.types_selector(p.candidates) == {"medray.io/node-type": "in(bulk-prep,cpu-prep)"}
+
+
 def test_gpu_memory_rules_out_small_gpus(node_types):
     p = place(WorkloadProfile(roles=("infer", "train"), num_gpus=1, gpu_memory_gb=20), node_types)
     assert names(p) == ["infer-l4", "train-a100", "train-h100"]
