@@ -1,7 +1,7 @@
 """The measured burst: emergency load jumps 10x while research holds the training GPUs.
 
 On the in-process local multi-role cluster (one node per node type of cluster.yaml, GPUs
-simulated), two phases back to back with the same load (see ``workloads.diagnosis.burst``):
+simulated), two phases back to back with the same load (see ``workloads.burst.harness``):
 
 * ``baseline`` — the static partition: no broker, the diagnosis lanes only on inference nodes,
   research runs undisturbed on the training nodes;
@@ -53,7 +53,7 @@ def training_data(work: Path, *, patients: int, seed: int) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from workloads.diagnosis.burst import BurstPlan
+    from workloads.burst.harness import BurstPlan
 
     d = BurstPlan()
     p = argparse.ArgumentParser(prog="python benchmarks/burst.py", description=__doc__.split("\n\n")[0])
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(plan, args: argparse.Namespace, work: Path) -> int:  # noqa: ANN001 - BurstPlan, imported late
     from medray.cluster.local import local_cluster
-    from workloads.diagnosis.burst import format_table, p99_ratio, plot_timeline, prepare_kit, run_phase
+    from workloads.burst.harness import prepare_kit, run_phase
+    from workloads.burst.report import format_table, p99_ratio, plot_timeline
 
     started = time.monotonic()
     with local_cluster(log_to_driver=False):

@@ -12,17 +12,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medray.broker.lanes import LANE_PRIORITIES, LANES, PRIORITY_HEADER
 from medray.cluster.node_types import ROLES
 from medray.errors import RegistryError
 from medray.models.registry import parse_ref
 
 __all__ = ["LANES", "LANE_PRIORITIES", "PRIORITY_HEADER", "REASON_STATUS", "LaneConfig", "DiagnosisArgs",
            "expert_key"]
-
-LANES = ("routine", "emergency")
-# The priority class (medray.broker.policy.PRIORITIES) of each lane's demand when the broker watches it.
-LANE_PRIORITIES = {"routine": "clinical", "emergency": "emergency"}
-PRIORITY_HEADER = "X-Medray-Priority"
 
 # Serve replicas do not run in the caller's directory: paths must not depend on it.
 _PATH_HELP = "absolute path ('~' expands to the home of the user running Ray)"

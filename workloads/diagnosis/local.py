@@ -7,37 +7,23 @@ When a priority broker runs, the app hands its lanes to it (:func:`~workloads.di
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
+from medray.cluster.local_serve import free_port, serve_local
 from workloads.diagnosis.app import APP_NAME, build_app, unwatch_lanes
 from workloads.diagnosis.config import DiagnosisArgs
 
 __all__ = ["free_port", "http_targets", "run_local", "stop_local"]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_local(args: dict[str, Any] | DiagnosisArgs, *, port: int | None = None,
               proxy_location: str = "HeadOnly") -> str:
     """Start Serve on 127.0.0.1 (a free port unless given), deploy the app; returns its base URL.
 
-    The app hands its lanes to the priority broker when one runs, unless ``args.broker`` is false.
-
-    A fixed port shared with other Serve instances on this machine would let the kernel hand our
-    connections to their proxies (Serve binds with SO_REUSEPORT): hence a free port by default.
+    The app hands its lanes to the priority broker when one runs, unless ``args.broker`` is false
+    (:func:`medray.cluster.local_serve.serve_local` says why the port is a free one).
     """
-    from ray import serve
-
-    port = port or free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location=proxy_location)
-    serve.run(build_app(args), name=APP_NAME, route_prefix="/")
-    return f"http://127.0.0.1:{port}"
+    return serve_local(build_app(args), name=APP_NAME, port=port, proxy_location=proxy_location)
 
 
 def http_targets(app_name: str = APP_NAME, *, host: str | None = None) -> list[str]:

@@ -1,4 +1,5 @@
-"""Small PNG figures for the demo report (and anyone else): slice montages, curves, bars, histograms.
+"""Small PNG figures for the demo report (and anyone else): slice montages, curves, bars, histograms,
+timelines.
 
 Each function draws one figure and writes it to ``path`` as a PNG of a stated pixel size, small
 enough to sit next to an HTML page (tens of KB). Every text drawn into a figure (title, panel
@@ -15,8 +16,9 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -25,11 +27,12 @@ from medray.errors import ConfigError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["TITLE_LINE_PX", "slice_montage", "curves", "bars", "histogram"]
+__all__ = ["TITLE_LINE_PX", "slice_montage", "curves", "bars", "histogram", "Series", "Panel", "timeline"]
 
 _DPI = 100
 TITLE_LINE_PX = 14  # height of one line of a montage panel's title
 _FONT = 8
+_PALETTE = ("#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974", "#64b5cd")
 
 
 def _figure(width_px: int, height_px: int, *, layout: str | None = None) -> Figure:
@@ -231,3 +234,109 @@ def histogram(
     ax.grid(alpha=0.3)
     _suptitle(fig, title)
     return _save(fig, path, [title, xlabel])
+
+
+@dataclass(frozen=True)
+class Series:
+    """One named series of a timeline panel: ``values`` at times ``t``, drawn as ``style``.
+
+    ``stack``: filled, stacked on the panel's other ``stack`` series (which share ``t``); ``step``:
+    a dashed step line; ``points`` and ``crosses``: markers. Without a ``colour``, each name gets
+    one, the same in every column.
+    """
+
+    name: str
+    t: Sequence[float]
+    values: Sequence[float]
+    style: Literal["stack", "step", "points", "crosses"] = "points"
+    colour: str | None = None
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a timeline column: its series, vertical marks ``(t, label, colour)`` and y axis."""
+
+    ylabel: str
+    series: Sequence[Series] = ()
+    marks: Sequence[tuple[float, str, str]] = ()
+    log: bool = False
+    ylim: tuple[float, float] | None = None
+    integer: bool = False
+
+
+def _draw_panel(ax: Any, panel: Panel, colours: Mapping[str, str]) -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    stacks = [s for s in panel.series if s.style == "stack" and len(s.t)]
+    if stacks:
+        ax.stackplot(stacks[0].t, [s.values for s in stacks], labels=[s.name for s in stacks],
+                     colors=[s.colour or colours[s.name] for s in stacks], step="post")
+    for s in panel.series:
+        colour = s.colour or colours[s.name]
+        if s.style == "step":
+            ax.step(s.t, s.values, where="post", color=colour, linestyle="--", label=s.name)
+        elif s.style == "points":
+            ax.scatter(s.t, s.values, s=4, color=colour, label=s.name)
+        elif s.style == "crosses":
+            ax.scatter(s.t, s.values, s=14, marker="x", color=colour, label=s.name)
+    for t, label, colour in panel.marks:
+        ax.axvline(t, color=colour, linewidth=1)
+        ax.annotate(label, (t, 0), xycoords=("data", "axes fraction"), fontsize=_FONT - 1, xytext=(2, 2),
+                    textcoords="offset points")
+    if panel.log:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    if panel.ylim:
+        ax.set_ylim(*panel.ylim)
+    if panel.integer:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(panel.ylabel, fontsize=_FONT)
+    ax.tick_params(labelsize=_FONT - 1)
+    if len(panel.series) > 1:
+        ax.legend(fontsize=_FONT - 1, loc="upper right")
+
+
+def timeline(
+    columns: Mapping[str, Sequence[Panel]],
+    path: str | Path,
+    *,
+    xlabel: str = "seconds",
+    span: tuple[float, float] | None = None,
+    title: str = "",
+    size_px: tuple[int, int] | None = None,
+) -> Path:
+    """Panels over time: one column per entry of ``columns`` (its title), the same number of panels in
+    each, the panels of a column sharing its x axis; returns ``path``.
+
+    ``span`` (start, end) is shaded in every panel (e.g. a burst). A panel with more than one series
+    has a legend. The PNG is ``size_px`` (width, height) pixels, by default 520 per column by 720.
+    """
+    rows = {len(panels) for panels in columns.values()}
+    if len(rows) != 1 or 0 in rows:
+        raise ValueError(f"need at least one column, each with the same number of panels (at least one), "
+                         f"got {[len(p) for p in columns.values()]}")
+    for panels in columns.values():
+        for panel in panels:
+            for s in panel.series:
+                if len(s.t) != len(s.values):
+                    raise ValueError(f"series {s.name!r} of panel {panel.ylabel!r} has {len(s.values)} "
+                                     f"values for {len(s.t)} times")
+    named = [s.name for panels in columns.values() for p in panels for s in p.series if s.colour is None]
+    colours = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(dict.fromkeys(named))}
+    fig = _figure(*(size_px or (520 * len(columns), 720)), layout="constrained")
+    axes = fig.subplots(rows.pop(), len(columns), squeeze=False, sharex="col")
+    texts = [title, xlabel]
+    for col, (heading, panels) in enumerate(columns.items()):
+        for row, panel in enumerate(panels):
+            ax = axes[row][col]
+            _draw_panel(ax, panel, colours)
+            if span is not None:
+                ax.axvspan(*span, color="#f2c45a", alpha=0.25, linewidth=0, zorder=0)
+            texts += [panel.ylabel, *(s.name for s in panel.series), *(label for _, label, _ in panel.marks)]
+        axes[0][col].set_title(heading, fontsize=_FONT + 1)
+        axes[-1][col].set_xlabel(xlabel, fontsize=_FONT)
+        texts.append(heading)
+    _suptitle(fig, title)
+    return _save(fig, path, texts)

@@ -2,11 +2,11 @@
 
 One *phase* (:func:`run_phase`) on the connected local multi-role cluster:
 
-1. the diagnosis service is deployed (:func:`~workloads.diagnosis.local.run_local`) with a routine
-   lane of two replicas and an emergency lane of ``reserved`` replicas that may grow to
-   ``max_replicas``: together they fill the inference nodes' GPUs;
-2. a real research run (:mod:`workloads.research.preemptible`: Ray Train, two DDP workers) holds
-   both training GPUs;
+1. the diagnosis service is deployed (:func:`start_service`) with a routine lane of two replicas
+   and an emergency lane of ``reserved`` replicas that may grow to ``max_replicas``: together they
+   fill the inference nodes' GPUs;
+2. a real research run (``workloads.research.preemptible``: Ray Train, two DDP workers) holds both
+   training GPUs;
 3. open-loop HTTP load: routine and emergency studies at steady rates, then emergency ×
    ``burst_factor`` for ``burst_s`` seconds, then steady again.
 
@@ -17,12 +17,17 @@ broker resumes research from its checkpoint. With ``broker=False`` (the *static 
 lanes may only use inference nodes and the broker does not watch them (it only starts and stops
 the research run): the same load meets the reserved replicas alone, and research runs on undisturbed.
 
+The harness drives the two workloads as an operator does, importing neither: the service is
+deployed by its Serve import path with its documented ``args`` and reached over its HTTP API; the
+research run is handed to the broker by its entrypoint with a plain training config.
+
 GPUs on the local cluster are simulated (Ray schedules them, torch computes on the CPU): the
 service and the training steps are given a real GPU's busy time (``gpu_ms`` per volume,
 ``step_ms`` per step) so that what is measured is placement and queueing, not the CPU count of the
-machine. ``benchmarks/burst.py`` runs both phases and compares them; :func:`stage` is the demo's
-short burst. Everything recorded is timing, status codes, node types and step counts: no study
-content or identifier leaves the service's answers here.
+machine. ``benchmarks/burst.py`` runs both phases and compares them (:mod:`workloads.burst.report`);
+:func:`workloads.burst.demo.stage` is the demo's short burst. Everything recorded is timing,
+status codes, node types and step counts: no study content or identifier leaves the service's
+answers here.
 """
 
 from __future__ import annotations
@@ -39,22 +44,26 @@ from typing import Any
 
 import numpy as np
 
-from medray.broker.actor import serve_replicas, start_broker, stop_broker
+from medray.broker.actor import serve_replicas, start_broker, stop_broker, submit_run
 from medray.broker.client import broker_summary, get_broker
+from medray.broker.lanes import LANES, PRIORITY_HEADER
 from medray.broker.policy import BrokerPolicy
+from medray.cluster.local_serve import serve_local
 from medray.cluster.node_types import NODE_TYPE_LABEL, load_node_types
-from medray.demo.runner import DemoContext
 from medray.errors import ConfigError, MedrayError
-from workloads.diagnosis.app import APP_NAME, LANE_DEPLOYMENTS
-from workloads.diagnosis.config import LANES, PRIORITY_HEADER
-from workloads.diagnosis.local import run_local, stop_local
-from workloads.research.config import TrainConfig
-from workloads.research.preemptible import submit
 
-__all__ = ["BurstPlan", "Kit", "PhaseResult", "DEMO_PLAN", "prepare_kit", "diagnosis_args", "run_phase",
-           "format_table", "plot_timeline", "stage"]
+__all__ = ["SERVICE_IMPORT_PATH", "SERVICE_APP", "LANE_DEPLOYMENTS", "RESEARCH_ENTRYPOINT", "LEND_ROLE",
+           "BurstPlan", "Kit", "PhaseResult", "DEMO_PLAN", "prepare_kit", "diagnosis_args", "submit_research",
+           "start_service", "stop_service", "run_phase"]
 
-_LEND_ROLE = "train"
+# The diagnosis service as deploy/serve-diagnosis.yaml deploys it (import path and application
+# name), and the deployment serving each of its lanes (docs/diagnosis.md).
+SERVICE_IMPORT_PATH = "workloads.diagnosis:app"
+SERVICE_APP = "diagnosis"
+LANE_DEPLOYMENTS = {"routine": "ingress", "emergency": "emergency"}
+# The research run's broker entrypoint (docs/elasticity.md): called with a TrainConfig as a dict.
+RESEARCH_ENTRYPOINT = "workloads.research.preemptible:run"
+LEND_ROLE = "train"  # the node role whose GPUs the broker lends (research's)
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,7 @@ class Kit:
     token: str
     body: bytes
     content_type: str
-    research: TrainConfig
+    research: dict[str, Any]  # a TrainConfig of workloads.research, as a dict
 
 
 def prepare_kit(work: str | Path, data: str | Path, labels: str | Path, plan: BurstPlan, *,
@@ -114,11 +123,11 @@ def prepare_kit(work: str | Path, data: str | Path, labels: str | Path, plan: Bu
     import torch
 
     from medray.data.cohort import generate_cohort
+    from medray.dicom.multipart import encode_series
     from medray.models import DEFAULT_INPUT_SPEC, NoduleNetConfig, build_model
     from medray.models.registry import register
     from medray.privacy.pseudonym import ensure_key_file
     from medray.security.tokens import add_client
-    from workloads.diagnosis.multipart import encode_series
 
     work = Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -134,7 +143,8 @@ def prepare_kit(work: str | Path, data: str | Path, labels: str | Path, plan: Bu
     # The synthetic study carries canary PHI, as real ones carry PHI: only its bytes are kept.
     with tempfile.TemporaryDirectory() as tmp:
         generate_cohort(Path(tmp), patients=1, seed=seed, rows=64, slices=10)
-        body, content_type = encode_series([p.read_bytes() for p in sorted(Path(tmp, "dicom").rglob("*.dcm"))])
+        files = sorted(Path(tmp, "dicom").rglob("*.dcm"))
+        body, content_type = encode_series([f.read_bytes() for f in files])
     args = {
         "registry": str(work / "registry"),
         "tokens": str(tokens),
@@ -143,17 +153,18 @@ def prepare_kit(work: str | Path, data: str | Path, labels: str | Path, plan: Bu
         "experts": {"CT/CHEST": ref, "CT/*": ref},
         "simulated_gpu_ms": plan.gpu_ms,
     }
-    research = TrainConfig(
-        data=str(data), labels=str(labels), epochs=100_000, workers=2, cpus_per_worker=1, gpus_per_worker=1,
-        batch_size=4, width=8, val_fraction=0.25, checkpoint_every=plan.checkpoint_every, keep_checkpoints=2,
-        max_failures=0, storage_path=str(work / "runs"), simulated_gpu_ms=plan.step_ms, seed=seed)
+    research = {
+        "data": str(data), "labels": str(labels), "epochs": 100_000, "workers": 2, "cpus_per_worker": 1,
+        "gpus_per_worker": 1, "batch_size": 4, "width": 8, "val_fraction": 0.25,
+        "checkpoint_every": plan.checkpoint_every, "keep_checkpoints": 2, "max_failures": 0,
+        "storage_path": str(work / "runs"), "simulated_gpu_ms": plan.step_ms, "seed": seed}
     return Kit(work=work, args=args, token=token, body=body, content_type=content_type, research=research)
 
 
 def diagnosis_args(kit: Kit, plan: BurstPlan, *, borrow: bool) -> dict[str, Any]:
     """The service's args: two routine replicas and ``reserved`` emergency replicas fill the inference
     GPUs (half a GPU each); ``borrow`` lets the lanes use training nodes too."""
-    roles = ["infer", _LEND_ROLE] if borrow else ["infer"]
+    roles = ["infer", LEND_ROLE] if borrow else ["infer"]
     replica = {"num_cpus": 0.5, "num_gpus": 0.5, "gpu_memory_gb": 2, "roles": roles}
     return {**kit.args, "broker": borrow, "lanes": {
         "routine": {**replica, "min_replicas": 2, "max_replicas": 2},
@@ -162,6 +173,27 @@ def diagnosis_args(kit: Kit, plan: BurstPlan, *, borrow: bool) -> dict[str, Any]
                       "upscale_delay_s": 0.5, "downscale_delay_s": plan.downscale_delay_s,
                       "look_back_period_s": 2.0},
     }}
+
+
+def submit_research(run_id: str, config: dict[str, Any]) -> None:
+    """Hand the research run ``config`` (a TrainConfig as a dict) to the running broker as ``run_id``."""
+    submit_run(run_id, RESEARCH_ENTRYPOINT, config, priority="research")
+
+
+def start_service(kit: Kit, plan: BurstPlan, *, borrow: bool) -> str:
+    """Deploy the diagnosis service with :func:`diagnosis_args` on a free local port; its base URL.
+
+    With a broker running and ``borrow``, the service hands its lanes to the broker as it deploys.
+    """
+    return serve_local(SERVICE_IMPORT_PATH, diagnosis_args(kit, plan, borrow=borrow), name=SERVICE_APP)
+
+
+def stop_service() -> None:
+    """Shut Serve down, freeing the service's GPUs."""
+    from ray import serve
+
+    # The broker watching the lanes is the phase's own, stopped next: it sees no replicas meanwhile.
+    serve.shutdown()
 
 
 @dataclass
@@ -254,7 +286,7 @@ def _node_types() -> dict[str, str]:
 def _sample(t: float, node_types: dict[str, str]) -> dict[str, Any]:
     sample: dict[str, Any] = {"t": t}
     for lane in LANES:
-        pending, nodes = serve_replicas(APP_NAME, LANE_DEPLOYMENTS[lane])
+        pending, nodes = serve_replicas(SERVICE_APP, LANE_DEPLOYMENTS[lane])
         by_type: dict[str, int] = {}
         for node in nodes:
             name = node_types.get(node, "?")
@@ -305,16 +337,16 @@ def run_phase(kit: Kit, plan: BurstPlan, *, broker: bool, name: str,
                           "(stop it with medray.broker.actor.stop_broker())")
     progress_log = kit.work / f"{name}-progress.jsonl"
     progress_log.unlink(missing_ok=True)
-    research = kit.research.with_overrides(progress_log=str(progress_log))
+    research = {**kit.research, "progress_log": str(progress_log)}
     t_setup = time.monotonic()
     # The broker starts and stops the research run in both phases; only with ``broker`` does it
     # watch the lanes, and so lend. (A run stops cleanly when asked: killed, Ray Train would leave
     # its GPUs reserved on a cluster without a dashboard.)
     start_broker(plan.policy)
     try:
-        submit(f"burst-{name}", research)
+        submit_research(f"burst-{name}", research)
         # The service deploys while the research run starts.
-        url = run_local(diagnosis_args(kit, plan, borrow=broker))
+        url = start_service(kit, plan, borrow=broker)
         _wait(lambda: progress_log.exists(), 300, "the research run's first step")
         _warm_up(url, kit)
         say(f"{name}: service and research up in {time.monotonic() - t_setup:.0f} s; load for "
@@ -343,7 +375,7 @@ def run_phase(kit: Kit, plan: BurstPlan, *, broker: bool, name: str,
         loader.join(timeout=90)
         progress = _read_progress(progress_log, t0)
     finally:
-        stop_local()
+        stop_service()
         stop_broker(grace_s=120)
     _wait(_gpus_free, 120, "the phase's GPUs to be released")
     result = PhaseResult(name=name, broker=broker, t0=t0, requests=requests, samples=samples,
@@ -394,7 +426,7 @@ def _metrics(result: PhaseResult, plan: BurstPlan) -> dict[str, Any]:
     routine = _window(requests, "routine", 0.0, float("inf"))
     borrowed = [r["sent"] + r["latency_s"] for r in requests
                 if r["lane"] == "emergency" and r["status"] == 200 and r["sent"] >= plan.before_s
-                and roles.get(r["node_type"]) == _LEND_ROLE]
+                and roles.get(r["node_type"]) == LEND_ROLE]
     replicas = [sum(s["emergency"]["by_type"].values()) for s in result.samples
                 if plan.before_s <= s["t"] < plan.burst_end]
     metrics: dict[str, Any] = {
@@ -412,7 +444,7 @@ def _metrics(result: PhaseResult, plan: BurstPlan) -> dict[str, Any]:
     yielded = [e["t"] for e in result.events if e["action"] == "yielded"]
     returned = [e["t"] for e in result.events if e["action"] == "return"]
     placed = [s["t"] for s in result.samples if s["t"] >= plan.before_s
-              and any(roles.get(t) == _LEND_ROLE for t in s["emergency"]["by_type"])]
+              and any(roles.get(t) == LEND_ROLE for t in s["emergency"]["by_type"])]
     if yielded:
         before = [p for p in result.progress if p["t"] <= yielded[0]]
         after = [p for p in result.progress if returned and p["t"] > returned[0]]
@@ -427,161 +459,3 @@ def _metrics(result: PhaseResult, plan: BurstPlan) -> dict[str, Any]:
     return metrics
 
 
-# Report ---------------------------------------------------------------------------------------
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def _s(value: float | None, never: str = "never") -> str:
-    return never if value is None else f"{value:.1f}"
-
-
-def format_table(results: Sequence[PhaseResult], plan: BurstPlan) -> str:
-    """The phases side by side, with the goals; a ratio column when a baseline and a broker phase ran."""
-    names = [f"{r.name} ({'priority broker' if r.broker else 'static partition'})" for r in results]
-    width = max(24, *(len(n) for n in names))
-    rows: list[tuple[str, list[str], str]] = []
-
-    def row(label: str, cell: Callable[[PhaseResult], str], goal: str = "") -> None:
-        rows.append((label, [cell(r) for r in results], goal))
-
-    def lat(window: str) -> Callable[[PhaseResult], str]:
-        return lambda r: f"{_ms(r.metrics['emergency'][window]['p50_ms'])} / {_ms(r.metrics['emergency'][window]['p99_ms'])}"
-
-    row("s from burst start to the broker's lend decision", lambda r: _s(r.metrics.get("lend_s"), "-"))
-    row("s from burst start to extra replicas placed", lambda r: _s(r.metrics.get("extra_replicas_placed_s"), "-"))
-    row("s from burst start to extra replicas serving", lambda r: _s(r.metrics["extra_replicas_serving_s"]), "<= 10")
-    row("emergency replicas (most during the burst)", lambda r: str(r.metrics["emergency_replicas_max"]))
-    row("emergency p50 / p99 ms before the burst", lat("before"))
-    # The p99 goal compares with the static partition: named only when that phase ran.
-    row("emergency p50 / p99 ms during the burst", lat("during"),
-        "p99 below the static partition's" if any(not r.broker for r in results) else "")
-    row("emergency p50 / p99 ms after the burst", lat("after"))
-    row("failed emergency requests before / during",
-        lambda r: f"{r.metrics['emergency']['before']['failed']} / {r.metrics['emergency']['during']['failed']}",
-        "0 during")
-    row("emergency requests before / during",
-        lambda r: f"{r.metrics['emergency']['before']['requests']} / {r.metrics['emergency']['during']['requests']}")
-    row("routine p50 / p99 ms, failed",
-        lambda r: f"{_ms(r.metrics['routine']['p50_ms'])} / {_ms(r.metrics['routine']['p99_ms'])}, "
-                  f"{r.metrics['routine']['failed']}")
-    row("s from burst end to GPUs returned", lambda r: _s(r.metrics.get("returned_s"), "-"))
-    row("s from burst end to research running again",
-        lambda r: _s(r.metrics.get("research_running_again_s"), "-" if not r.broker else "never"), "<= 60")
-    row("research steps redone (checkpoint interval)",
-        lambda r: (f"{r.metrics['steps_redone']} ({r.metrics['checkpoint_interval_steps']})"
-                   if r.metrics.get("steps_redone") is not None else "-"), "<= 1 interval")
-    row("research steps trained during the burst", lambda r: str(r.metrics["research_steps_in_burst"]))
-    head = (f"emergency {plan.emergency_rps:g} -> {plan.emergency_rps * plan.burst_factor:g} studies/s for "
-            f"{plan.burst_s:g} s (routine {plan.routine_rps:g}/s); simulated GPU {plan.gpu_ms:g} ms per study, "
-            f"{plan.step_ms:g} ms per training step; emergency lane {plan.reserved}..{plan.max_replicas} replicas")
-    first = max(len(label) for label, _, _ in rows)
-    lines = [head, f"{'':{first}} " + " ".join(f"{n:>{width}}" for n in names) + "  goal"]
-    lines += [f"{label:{first}} " + " ".join(f"{c:>{width}}" for c in cells) + (f"  {goal}" if goal else "")
-              for label, cells, goal in rows]
-    ratio = p99_ratio(results)
-    if ratio is not None:
-        lines.append(f"emergency p99 during the burst, broker / static partition: {ratio:.2f}  (goal < 1)")
-    return "\n".join(lines)
-
-
-def p99_ratio(results: Sequence[PhaseResult]) -> float | None:
-    """Emergency p99 during the burst, broker phase over static-partition phase (None without both)."""
-    p99 = {r.broker: r.metrics["emergency"]["during"]["p99_ms"] for r in results}
-    if p99.get(True) is None or not p99.get(False):
-        return None
-    return p99[True] / p99[False]
-
-
-def plot_timeline(results: Sequence[PhaseResult], path: str | Path, plan: BurstPlan) -> Path:
-    """PNG: per phase (columns) the emergency replicas by node type, emergency latency, research steps."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
-
-    fig = Figure(figsize=(5.2 * len(results), 7.2), dpi=100)
-    axes = fig.subplots(3, len(results), squeeze=False, sharex="col")
-    types = sorted({t for r in results for s in r.samples for t in s["emergency"]["by_type"]})
-    colours = {t: c for t, c in zip(types, ["#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974", "#64b5cd"])}
-    for col, r in enumerate(results):
-        t = [s["t"] for s in r.samples]
-        counts = [[s["emergency"]["by_type"].get(name, 0) for s in r.samples] for name in types]
-        ax = axes[0][col]
-        if t:
-            ax.stackplot(t, counts, labels=types, colors=[colours[n] for n in types], step="post")
-            ax.step(t, [s["emergency"]["pending"] for s in r.samples], where="post", color="black",
-                    linestyle="--", label="pending")
-        ax.set_title(f"{r.name}: {'priority broker' if r.broker else 'static partition'}", fontsize=10)
-        ax.set_ylabel("emergency replicas")
-        ax.set_ylim(0, plan.max_replicas + 0.5)
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=7, loc="upper right")
-        ax = axes[1][col]
-        for lane, colour in (("routine", "#999999"), ("emergency", "#c44e52")):
-            ok = [q for q in r.requests if q["lane"] == lane and q["status"] == 200]
-            ax.scatter([q["sent"] for q in ok], [q["latency_s"] * 1e3 for q in ok], s=4, color=colour, label=lane)
-        failed = [q for q in r.requests if q["lane"] == "emergency" and q["status"] != 200]
-        if failed:
-            ax.scatter([q["sent"] for q in failed], [q["latency_s"] * 1e3 for q in failed], s=14, marker="x",
-                       color="black", label=f"emergency failed ({len(failed)})")
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_ylabel("latency (ms)")
-        ax.legend(fontsize=7, loc="upper right")
-        ax = axes[2][col]
-        if r.progress:
-            ax.plot([p["t"] for p in r.progress], [p["step"] for p in r.progress], ".", markersize=2,
-                    color="#4c72b0")
-        for e in r.events:
-            if e["action"] in ("lend", "return"):
-                ax.axvline(e["t"], color="#c44e52" if e["action"] == "lend" else "#55a868", linewidth=1)
-                ax.annotate(e["action"], (e["t"], 0), xycoords=("data", "axes fraction"), fontsize=7,
-                            xytext=(2, 2), textcoords="offset points")
-        ax.set_ylabel("research step")
-        ax.set_xlabel("seconds since the load started")
-        for row in axes:
-            row[col].axvspan(plan.before_s, plan.burst_end, color="#f2c45a", alpha=0.25, linewidth=0, zorder=0)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig).print_png(str(path))
-    return path
-
-
-# The demo's stage -----------------------------------------------------------------------------
-
-
-def _prep_outputs(ctx: DemoContext) -> tuple[Path, Path]:
-    for result in ctx.results.values():
-        if "volumes" in result and "emr" in result:
-            return Path(result["volumes"]).parent, Path(result["emr"]) / "diagnoses.parquet"
-    raise ConfigError("the burst stage trains on the preprocessing stage's outputs: run it first")
-
-
-def stage(ctx: DemoContext, *, plan: BurstPlan = DEMO_PLAN) -> dict[str, Any]:
-    """A short burst with the priority broker on the demo cluster: the emergency lane borrows the
-    research run's GPUs and gives them back; a table and a timeline figure."""
-    from medray.demo.report import FIGURES_DIR, figure_entry
-
-    data, labels = _prep_outputs(ctx)
-    kit = prepare_kit(ctx.out / "burst", data, labels, plan, seed=ctx.seed)
-    result = run_phase(kit, plan, broker=True, name="burst", say=ctx.say)
-    ctx.say(format_table([result], plan))
-    png = plot_timeline([result], ctx.out / FIGURES_DIR / "burst-timeline.png", plan)
-    (kit.work / "burst.json").write_text(json.dumps({"plan": asdict(plan), "phases": [result.to_dict()]}))
-    m = result.metrics
-    return {
-        "extra_replicas_serving_s": m["extra_replicas_serving_s"],
-        "emergency_replicas_max": m["emergency_replicas_max"],
-        "emergency_p99_ms_before": m["emergency"]["before"]["p99_ms"],
-        "emergency_p99_ms_during": m["emergency"]["during"]["p99_ms"],
-        "emergency_failed_during": m["emergency"]["during"]["failed"],
-        "research_running_again_s": m.get("research_running_again_s"),
-        "steps_redone": m.get("steps_redone"),
-        "figures": [figure_entry(ctx.out, png, "The burst: emergency replicas by node type (top), latency "
-                                               "(middle) and research steps (bottom); the burst is shaded")],
-    }

@@ -21,15 +21,22 @@ import ray
 
 from medray.broker.actor import serve_replicas, start_broker, stop_broker
 from medray.broker.client import broker_summary
+from medray.broker.lanes import PRIORITY_HEADER
 from medray.broker.policy import BrokerPolicy
 from medray.cluster import ray_internals
 from medray.cluster.node_types import load_node_types
 from tests.workloads.research.conftest import write_training_data
-from workloads.diagnosis.app import APP_NAME
-from workloads.diagnosis.burst import BurstPlan, PhaseResult, diagnosis_args, format_table, prepare_kit
-from workloads.diagnosis.config import PRIORITY_HEADER
-from workloads.diagnosis.local import run_local, stop_local
-from workloads.research.preemptible import submit
+from workloads.burst.harness import (
+    LANE_DEPLOYMENTS,
+    SERVICE_APP,
+    BurstPlan,
+    PhaseResult,
+    prepare_kit,
+    start_service,
+    stop_service,
+    submit_research,
+)
+from workloads.burst.report import format_table
 
 POLICY = BrokerPolicy(interval_s=0.2, pressure_grace_s=0.5, calm_s=1.0)
 # Each emergency replica serves 2.5 studies/s: 16 clients in a closed loop want 4 replicas.
@@ -66,7 +73,7 @@ def run_state():
 
 def emergency_node_types():
     types = {n["NodeID"]: n["Labels"]["medray.io/node-type"] for n in ray.nodes() if n["Alive"]}
-    pending, nodes = serve_replicas(APP_NAME, "emergency")
+    pending, nodes = serve_replicas(SERVICE_APP, LANE_DEPLOYMENTS["emergency"])
     return pending, sorted(types[n] for n in nodes)
 
 
@@ -103,9 +110,9 @@ def test_research_lends_its_gpus_to_the_emergency_lane_and_resumes_from_its_chec
     wait_for(gpus_free, 60, "every GPU to be free")
     start_broker(POLICY)
     try:
-        submit(RUN, kit.research.with_overrides(progress_log=str(log)))
+        submit_research(RUN, {**kit.research, "progress_log": str(log)})
         # Two routine and two emergency replicas fill the inference nodes' GPUs.
-        url = run_local(diagnosis_args(kit, PLAN, borrow=True))
+        url = start_service(kit, PLAN, borrow=True)
         wait_for(lambda: len(steps(log)) >= 2, 180, "research to train")
         assert free_gpus("train") == 0, "research does not hold the training GPUs"
 
@@ -129,7 +136,7 @@ def test_research_lends_its_gpus_to_the_emergency_lane_and_resumes_from_its_chec
         actions = [(e["action"], e["subject"]) for e in broker_summary(events=100)["events"] if e["subject"] == RUN]
         assert actions == [("submit", RUN), ("lend", RUN), ("yielded", RUN), ("return", RUN)]
     finally:
-        stop_local()
+        stop_service()
         stop_broker(grace_s=120)  # asks the run to stop: its Train workers release the GPUs
     wait_for(gpus_free, 60, "the run's GPUs to be released")
 

@@ -1,0 +1,47 @@
+"""The demo's stage ``40-burst``: a short burst with the priority broker on the demo cluster."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from medray.demo.runner import DemoContext
+from medray.errors import ConfigError
+from workloads.burst.harness import DEMO_PLAN, BurstPlan, prepare_kit, run_phase
+from workloads.burst.report import format_table, plot_timeline
+
+__all__ = ["stage"]
+
+
+def _prep_outputs(ctx: DemoContext) -> tuple[Path, Path]:
+    for result in ctx.results.values():
+        if "volumes" in result and "emr" in result:
+            return Path(result["volumes"]).parent, Path(result["emr"]) / "diagnoses.parquet"
+    raise ConfigError("the burst stage trains on the preprocessing stage's outputs: run it first")
+
+
+def stage(ctx: DemoContext, *, plan: BurstPlan = DEMO_PLAN) -> dict[str, Any]:
+    """A short burst with the priority broker on the demo cluster: the emergency lane borrows the
+    research run's GPUs and gives them back; a table and a timeline figure."""
+    from medray.demo.report import FIGURES_DIR, figure_entry
+
+    data, labels = _prep_outputs(ctx)
+    kit = prepare_kit(ctx.out / "burst", data, labels, plan, seed=ctx.seed)
+    result = run_phase(kit, plan, broker=True, name="burst", say=ctx.say)
+    ctx.say(format_table([result], plan))
+    png = plot_timeline([result], ctx.out / FIGURES_DIR / "burst-timeline.png", plan)
+    (kit.work / "burst.json").write_text(json.dumps({"plan": asdict(plan), "phases": [result.to_dict()]}))
+    m = result.metrics
+    return {
+        "extra_replicas_serving_s": m["extra_replicas_serving_s"],
+        "emergency_replicas_max": m["emergency_replicas_max"],
+        "emergency_p99_ms_before": m["emergency"]["before"]["p99_ms"],
+        "emergency_p99_ms_during": m["emergency"]["during"]["p99_ms"],
+        "emergency_failed_during": m["emergency"]["during"]["failed"],
+        "research_running_again_s": m.get("research_running_again_s"),
+        "steps_redone": m.get("steps_redone"),
+        "figures": [figure_entry(ctx.out, png, "The burst: emergency replicas by node type (top), latency "
+                                               "(middle) and research steps (bottom); the burst is shaded")],
+    }
