@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
+from dataclasses import asdict
 from typing import Any
 
 import ray
 
 from medray import metrics
 from medray.broker.client import BROKER_NAME, NAMESPACE, get_broker, require_broker
-from medray.broker.policy import BrokerCore, BrokerPolicy, Event, RunRecord
+from medray.broker.policy import RUN_STATES, BrokerCore, BrokerPolicy, Demand, Event, RunRecord, priority_rank
 from medray.broker.preemption import _polls
 from medray.cluster import ray_internals
 from medray.cluster.node_types import ROLE_LABEL
@@ -186,7 +187,7 @@ class Broker:
                                         borrowed=borrowed, at=time.time()))
 
     async def watch_serve(self, lane: str, app: str, deployment: str, priority: str) -> None:
-        _rank(priority)
+        priority_rank(priority)
         self._watches[lane] = (app, deployment, priority)
         self._core.event(time.time(), "watch", lane, f"Serve deployment {app}/{deployment} as {priority}")
 

@@ -11,16 +11,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from medray.errors import ConfigError
+from medray.errors import ConfigError, MedrayError
 from medray.scheduling.placement import WorkloadProfile
 
-__all__ = ["PRIORITIES", "RUN_STATES", "BrokerPolicy", "Demand", "Event", "RunRecord", "Decision", "BrokerCore"]
+__all__ = ["PRIORITIES", "RUN_STATES", "priority_rank", "BrokerPolicy", "Demand", "Event", "RunRecord", "Decision", "BrokerCore"]
 
 PRIORITIES = ("emergency", "clinical", "batch", "research")  # highest first
 RUN_STATES = ("running", "yielding", "yielded", "stopping", "stopped", "finished", "failed")
 
 
-def _rank(priority: str) -> int:
+def priority_rank(priority: str) -> int:
+    """0 for the highest class; :class:`~medray.errors.ConfigError` for an unknown one."""
     if priority not in PRIORITIES:
         raise ConfigError(f"unknown priority class {priority!r}; classes are {PRIORITIES}")
     return PRIORITIES.index(priority)
@@ -62,7 +63,7 @@ class Demand:
     source: str = "push"
 
     def __post_init__(self) -> None:
-        _rank(self.priority)
+        priority_rank(self.priority)
         if min(self.pending, self.running, self.borrowed) < 0:
             raise ConfigError("pending, running and borrowed must be >= 0")
 
@@ -142,7 +143,7 @@ class BrokerCore:
     # Inputs ---------------------------------------------------------------------------------
 
     def add_run(self, record: RunRecord) -> None:
-        _rank(record.priority)
+        priority_rank(record.priority)
         if record.priority in ("emergency", "clinical"):
             raise ConfigError(f"run {record.run_id!r}: {record.priority} work is a lane, not a "
                               "run that can be asked to yield; use priority 'batch' or 'research'")
@@ -226,7 +227,7 @@ class BrokerCore:
         starved = sorted(
             (d for d in fresh
              if d.pending and now - self._pending_since[d.lane] >= self.policy.pressure_grace_s),
-            key=lambda d: _rank(d.priority),
+            key=lambda d: priority_rank(d.priority),
         )
         if starved:
             self._calm_since = None
@@ -240,8 +241,8 @@ class BrokerCore:
         need = sum(d.pending for d in starved) - yielding
         victims = sorted(
             (r for r in self.runs.values()
-             if r.state == "running" and _rank(r.priority) > _rank(top.priority)),
-            key=lambda r: (-_rank(r.priority), -r.submitted_at),  # lowest class, newest first
+             if r.state == "running" and priority_rank(r.priority) > priority_rank(top.priority)),
+            key=lambda r: (-priority_rank(r.priority), -r.submitted_at),  # lowest class, newest first
         )
         waited = now - self._pending_since[top.lane]
         reason = f"lane {top.lane} ({top.priority}) has {top.pending} pending for {waited:.1f}s"

@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from medray.cluster.autoscaling import FAKE_HEAD_NODE_TYPE, fake_provider_config, fake_provider_node_types
 from medray.cluster.local import local_node_specs
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-import ray
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydicom.data import get_testdata_file
 
