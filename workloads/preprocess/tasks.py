@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import time
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +37,9 @@ from pydicom.dataset import Dataset
 
 from medray.data.shards import VOLUMES_DIR, VolumeRecord, build_table, window_name, write_shard
 from medray.dicom.part10 import get_value
+from medray.dicom.quiet import quiet_pydicom, silenced_warnings
 from medray.dicom.sniff import sniff_series
+from medray.dicom.values import parse_age, parse_date
 from medray.dicom.volume import DEFAULT_MAX_PIXELS, REASONS, read_instance, volume_from_datasets
 from medray.errors import ConfigError, DicomError
 from medray.imaging.normalize import InputSpec
@@ -140,11 +140,6 @@ class SeriesResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def quiet_pydicom() -> None:
-    """Stop pydicom logging in this process: its warnings quote element values (PHI)."""
-    logging.getLogger("pydicom").propagate = False
-
-
 def shard_path(out: Path, series_uid: str) -> Path:
     """Where a series' shard goes: named by its pseudonymous UID only."""
     return out / VOLUMES_DIR / f"{series_uid}.parquet"
@@ -173,8 +168,7 @@ def _raw_uids(root: Path, path: str) -> tuple[str, str] | Quarantined:
     uids = sniff_series(root / path)
     if uids is None:  # not the common encoding, or not sure: let pydicom read the header
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with silenced_warnings():
                 ds = pydicom.dcmread(root / path, stop_before_pixels=True,
                                      specific_tags=[_STUDY_UID, _SERIES_UID])
                 uids = tuple(str(ds[t].value or "").strip() if t in ds else ""
@@ -199,27 +193,22 @@ def scan_file(root: Path, path: str, key: bytes) -> Scanned:
 
 def _header_json(ds: Dataset) -> str:
     """The de-identified header as DICOM JSON, sorted keys; Pixel Data and large blobs left out."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with silenced_warnings():
         header = ds.to_json_dict(bulk_data_threshold=_HEADER_BULK_BYTES,
                                  bulk_data_element_handler=lambda _: "omitted")
     return json.dumps(header, sort_keys=True, separators=(",", ":"))
 
 
 def _study_date(ds: Dataset) -> date | None:
-    text = str(ds.get("StudyDate", "") or "")
-    try:
-        return date(int(text[:4]), int(text[4:6]), int(text[6:8])) if len(text) == 8 else None
-    except ValueError:
-        return None
+    return parse_date(str(ds.get("StudyDate", "") or ""))
 
 
 def _age(ds: Dataset) -> str | None:
     """PatientAge (AS, e.g. 069Y, 006M) as whole years, "90+" above 89; None when absent."""
-    text = str(ds.get("PatientAge", "") or "").strip()
-    if len(text) != 4 or not text[:3].isdigit() or text[3] not in "DWMY":
+    age = parse_age(str(ds.get("PatientAge", "") or ""))
+    if age is None:
         return None
-    return age_group(int(text[:3]) if text[3] == "Y" else 0)
+    return age_group(age[0] if age[1] == "Y" else 0)
 
 
 def _characteristic(ds: Dataset, keyword: str) -> str | None:
@@ -368,8 +357,7 @@ def _finish(series: _Series, series_uid: str, target: Path, key: bytes, options:
         if len(series.patients) > 1:
             raise DicomError("inconsistent_series", f"the instances name {len(series.patients)} different "
                              "patients (PatientID): split the series by patient")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with silenced_warnings():
             volume = volume_from_datasets(datasets, allow_modalities=options.allow_modalities)
         lap("volume")
         normalised = volume.normalized(options.spec)

@@ -18,6 +18,9 @@ check, also used on a file's first kilobytes to find the UIDs that group it.
 encodings that header checks and geometry use (US, IS, DS, and single-valued CS, UI, AS, DA)
 straight from the raw bytes: pydicom's conversion and validation of such a value costs about
 20 us, several times the work of reading it.
+
+The reader builds pydicom's RawDataElement by position: its fields are checked at import, and an
+unsupported pydicom raises ImportError naming the versions tested.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from collections.abc import MutableSequence
 from pathlib import Path
 from typing import Any
 
+from pydicom import __version__ as _PYDICOM_VERSION
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
@@ -69,6 +73,25 @@ _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b
 _VR_NAMES = {vr: vr.decode("ascii") for vr in _VRS}
 _HEADER = struct.Struct("<HH2sH")
 _LONG = struct.Struct("<I")
+
+# walk() builds pydicom's RawDataElement by position (tuple.__new__: its own __new__ costs a third
+# of the walk), so its fields must be these; pyproject.toml allows the versions tested.
+_RAW_FIELDS = ("tag", "VR", "length", "value", "value_tell", "is_implicit_VR", "is_little_endian",
+               "is_raw", "is_buffered")
+_SUPPORTED_PYDICOM = "pydicom>=3.0,<3.1"
+
+
+def _check_raw_fields(fields: tuple[str, ...]) -> None:
+    """ImportError unless ``fields`` (pydicom's RawDataElement's) are those walk() fills in."""
+    if tuple(fields) != _RAW_FIELDS:
+        raise ImportError(
+            f"medray.dicom.part10 builds pydicom's RawDataElement by position, but pydicom "
+            f"{_PYDICOM_VERSION} gives it the fields {tuple(fields)}, not {_RAW_FIELDS}: "
+            f"install {_SUPPORTED_PYDICOM}"
+        )
+
+
+_check_raw_fields(RawDataElement._fields)
 
 
 # One BaseTag object per tag number, shared by every dataset this module builds: a dict lookup
@@ -149,6 +172,7 @@ def walk(data: bytes, pos: int, *, stop_group: int | None = None, last_tag: int 
             if number == _SPECIFIC_CHARACTER_SET:
                 encoding = convert_encodings(convert_string(value or b"", True))
             # tuple.__new__: RawDataElement's own __new__ is a Python function, a third of the cost
+            # (the fields are checked at import, see _RAW_FIELDS)
             elements[tag] = new_tuple(RawDataElement, (tag, name, length, value, pos, False, True, True, False))
             pos += length
         if last_tag is not None and number >= last_tag:

@@ -16,9 +16,7 @@ from __future__ import annotations
 import functools
 import io
 import re
-import warnings
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +29,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medray.dicom.part10 import get_value, parse_part10, pixel_data, pixel_data_length, read_part10
+from medray.dicom.quiet import silenced_warnings
 from medray.errors import DicomError
 from medray.imaging.normalize import InputSpec, normalize_slices, to_hu
 
@@ -111,14 +110,6 @@ class Volume:
         return normalize_slices(self.shape, self.read_slice, self.spacing_mm, spec)
 
 
-@contextmanager
-def _quiet_pydicom() -> Iterator[list[warnings.WarningMessage]]:
-    """Capture warnings: pydicom's quote element values and file positions, which can be PHI."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield caught
-
-
 def _int(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
     """A positive integer element, ``default`` when absent or empty, ``None`` when malformed."""
     value = get_value(ds, keyword)
@@ -145,7 +136,7 @@ def _floats(ds: Dataset, keyword: str, count: int) -> np.ndarray | None:
 
 def _read_with_pydicom(data: bytes) -> Dataset:
     """pydicom's reading of a file the fast parser left to it; DicomError for what cannot be read."""
-    with _quiet_pydicom() as caught:
+    with silenced_warnings(record=True) as caught:
         try:
             ds = pydicom.dcmread(io.BytesIO(data), force=False)
         except EOFError:
@@ -401,7 +392,7 @@ def volume_from_datasets(
     if not datasets:
         raise ValueError("volume_from_datasets needs at least one instance")
     allowed = {m.upper() for m in allow_modalities}
-    with _quiet_pydicom():
+    with silenced_warnings():
         for ds in datasets:
             modality = str(get_value(ds, "Modality", "")).strip().upper()
             if modality not in allowed:

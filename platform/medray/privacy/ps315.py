@@ -4,7 +4,8 @@ The attribute table (which action applies to which tag) is the one maintained by
 ``dicom-anonymizer`` package (``dicomfields_2026c``, from PS3.15 Table E.1-1). It is compiled once
 per option set into a ``{tag: action}`` dict, so that de-identifying an instance is one dict lookup
 per element it actually holds, never a loop over the ~650 rules, and raw (undecoded) elements that
-are kept or removed are never converted. Options:
+are kept or removed are never converted. The table is loaded at import: a dicom-anonymizer without
+it raises ImportError naming the supported versions. Options:
 
 * **Retain Longitudinal Temporal Information with Modified Dates** (``retain_dates``): every date
   (DA) and date-time (DT) the table would clean is shifted by ``date_shift_days(key, mrn)`` days,
@@ -31,12 +32,13 @@ says NO), ``missing_patient_id`` (no PatientID to pseudonymise and shift dates b
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import timedelta
 from functools import lru_cache
+from importlib import metadata
 from typing import Any
 
+from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
 from pydicom import config
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
@@ -44,6 +46,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
+from medray.dicom.quiet import silenced_warnings
+from medray.dicom.values import parse_age, parse_date
 from medray.errors import DicomError
 from medray.privacy.emr import MAX_AGE_YEARS
 from medray.privacy.pseudonym import date_shift_days, pseudo_uid, pseudonym
@@ -58,8 +62,10 @@ __all__ = [
     "method_description",
 ]
 
-# The dicom-anonymizer table compiled here (its newest edition of PS3.15 Table E.1-1).
+# The dicom-anonymizer table compiled here (its newest edition of PS3.15 Table E.1-1), a module of
+# that package named by its edition: the versions that ship it are those pyproject.toml allows.
 TABLE_VERSION = "dicomfields_2026c"
+_SUPPORTED_ANONYMIZER = "dicom-anonymizer>=2.1,<2.2"
 
 # Reason codes added to medray.dicom.volume.REASONS by de-identification.
 DEID_REASONS: tuple[str, ...] = ("cannot_deidentify", "missing_patient_id", "deid_failed")
@@ -141,9 +147,6 @@ _DUMMY_BY_VR: dict[str, str] = {
 }
 _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"})
-# A full date (DA), or a date-time (DT) with optional time, fraction and UTC offset: no ranges.
-_DATE = {"DA": re.compile(r"(\d{4})(\d{2})(\d{2})"),
-         "DT": re.compile(r"(\d{4})(\d{2})(\d{2})(?:\d{2}){0,3}(?:\.\d{1,6})?(?:[+-]\d{4})?")}
 
 
 @dataclass(frozen=True)
@@ -174,16 +177,35 @@ def _vr_of(tag: int) -> str:
         return _UN
 
 
+def _load_table(version: str) -> dict[str, Any]:
+    """dicom-anonymizer's table ``version``: per category, (group, element) rules and (group, element,
+    group mask, element mask) ones; ImportError when the installed package lacks it in that form."""
+    try:
+        table = dicom_anonymization_database_selector(version)
+    except (ValueError, AttributeError):  # no such module, or one without every category
+        table = {}
+    if not all(category in table and all(isinstance(rule, tuple) and len(rule) in (2, 4)
+                                         for rule in table[category])
+               for category in _CATEGORY_ACTIONS):
+        raise ImportError(
+            f"medray.privacy.ps315 compiles dicom-anonymizer's PS3.15 table {version}, which the "
+            f"installed dicom-anonymizer {metadata.version('dicom-anonymizer')} does not ship in the "
+            f"form expected: install {_SUPPORTED_ANONYMIZER}"
+        )
+    return table
+
+
+# Loaded at import, so that an unsupported dicom-anonymizer fails before any instance is read.
+_TABLE = _load_table(TABLE_VERSION)
+
+
 @lru_cache(maxsize=None)
 def _rules(options: DeidOptions) -> _Rules:
     """Compile the dicom-anonymizer table, with ``options`` folded in, into a lookup."""
-    from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
-
-    table = dicom_anonymization_database_selector(TABLE_VERSION)
     exact: dict[int, int] = {}
     masked = []
     for category, action in _CATEGORY_ACTIONS.items():
-        for rule in table[category]:
+        for rule in _TABLE[category]:
             if len(rule) == 4:
                 masked.append((*rule, action))
             else:
@@ -224,24 +246,25 @@ class _Context:
 
 def _shift_date(text: str, vr: str, days: int) -> str | None:
     """A DA or DT value shifted by ``days`` (a DT's time kept); None when not a full date."""
-    m = _DATE[vr].fullmatch(text)
-    if m is None:
+    day = parse_date(text, vr)
+    if day is None:
         return None
     try:
-        shifted = date(int(m[1]), int(m[2]), int(m[3])) + timedelta(days=days)
-    except (ValueError, OverflowError):
+        shifted = day + timedelta(days=days)
+    except OverflowError:
         return None
     return shifted.strftime("%Y%m%d") + text[8:]
 
 
 def _capped_age(value: str) -> str:
-    """An AS value with years above 89 capped at 090Y; malformed values become empty."""
-    text = value.strip()
-    if len(text) != 4 or not text[:3].isdigit() or text[3] not in "DWMY":
+    """An AS value with years above 89 capped at 090Y (HIPAA 164.514(b)(2)(i)(C)); malformed
+    values become empty."""
+    age = parse_age(value)
+    if age is None:
         return ""
-    if text[3] == "Y" and int(text[:3]) > MAX_AGE_YEARS:
+    if age[1] == "Y" and age[0] > MAX_AGE_YEARS:
         return f"{MAX_AGE_YEARS + 1:03d}Y"
-    return text
+    return value.strip()
 
 
 def _empty_value(vr: str) -> Any:
@@ -392,8 +415,7 @@ def check_deidentifiable(ds: Dataset) -> str:
         # pydicom knows: skip its conversion (the pseudonyms and date shifts hang on this value).
         mrn = raw.decode("ascii").strip()
     else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with silenced_warnings():
             mrn = str(ds[_PATIENT_ID_TAG].value or "").strip() if patient_id is not None else ""
     if not mrn:
         raise DicomError(
@@ -440,8 +462,7 @@ def deidentify(ds: Dataset, key: bytes, options: DeidOptions = DeidOptions()) ->
     be discarded after ``deid_failed``. Messages quote tag numbers at most, never values.
     """
     # pydicom warns about malformed values by quoting them, which may be PHI.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with silenced_warnings():
         mrn = check_deidentifiable(ds)
         ctx = _Context(key=key, rules=_rules(options), shift_days=date_shift_days(key, mrn),
                        patient=pseudonym(key, mrn, kind="patient"))

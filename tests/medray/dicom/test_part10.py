@@ -176,3 +176,14 @@ def test_tags_are_shared_between_files_but_never_without_bound(tmp_path, monkeyp
     assert flooded is not None and len(flooded) > dicom_parse._MAX_SHARED_TAGS
     assert_same(flooded, pydicom.dcmread(tmp_path / "flood.dcm"))
     assert len(dicom_parse._TAGS) <= dicom_parse._MAX_SHARED_TAGS
+
+
+def test_pydicom_without_the_raw_element_fields_it_builds_is_refused():
+    from pydicom.dataelem import RawDataElement
+
+    from medray.dicom import part10
+
+    part10._check_raw_fields(RawDataElement._fields)  # the installed pydicom (also checked at import)
+    with pytest.raises(ImportError, match=r"pydicom>=3\.0,<3\.1"):
+        part10._check_raw_fields(("tag", "VR", "length", "value", "value_tell", "is_implicit_VR",
+                                  "is_little_endian", "is_raw"))

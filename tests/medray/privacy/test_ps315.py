@@ -282,3 +282,15 @@ def test_the_patient_id_read_raw_equals_pydicoms_reading(charset, patient_id):
             outcomes.append(e.reason)
     assert outcomes[0] == outcomes[1]
     assert outcomes[0] == (patient_id.strip() or "missing_patient_id") or "\\" in patient_id
+
+
+def test_a_dicom_anonymizer_without_the_table_is_refused(monkeypatch):
+    from medray.privacy import ps315
+
+    assert set(ps315._load_table(ps315.TABLE_VERSION)) >= {"X_TAGS", "U_TAGS", "X_Z_U_STAR_TAGS"}
+    with pytest.raises(ImportError, match=r"dicom-anonymizer>=2\.1,<2\.2"):
+        ps315._load_table("dicomfields_1999")
+    reshaped = {category: [(0x0010, 0x0010, "X")] for category in ps315._CATEGORY_ACTIONS}
+    monkeypatch.setattr(ps315, "dicom_anonymization_database_selector", lambda version: reshaped)
+    with pytest.raises(ImportError, match="dicomfields_2026c"):
+        ps315._load_table(ps315.TABLE_VERSION)
