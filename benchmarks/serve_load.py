@@ -159,7 +159,7 @@ def measure_point(server: str, url: str | list[str], body: bytes, headers: dict[
 
 def baseline_app(registry: str, ref: str) -> FastAPI:
     """The plain FastAPI app a team would write around the same model and decoding code."""
-    from workloads.diagnosis.multipart import split_body
+    from medray.dicom.multipart import split_body
     from workloads.diagnosis.pipeline import load_model, predict, prepare
 
     model = load_model(registry, ref)
@@ -208,9 +208,9 @@ def make_fixture(root: Path, request: str) -> tuple[str, str, bytes, str]:
     import torch
 
     from medray.data.cohort import generate_cohort
+    from medray.dicom.multipart import encode_series
     from medray.models import DEFAULT_INPUT_SPEC, NoduleNetConfig, build_model
     from medray.models.registry import register
-    from workloads.diagnosis.multipart import encode_series
 
     torch.manual_seed(0)
     torch.save(build_model(NoduleNetConfig()).state_dict(), root / "weights.pt")
@@ -229,7 +229,7 @@ def model_time_ms(registry: str, ref: str, body: bytes, content_type: str, n: in
     """p50 of decode + normalise and of the forward pass, in this process with one torch thread."""
     import torch
 
-    from workloads.diagnosis.multipart import split_body
+    from medray.dicom.multipart import split_body
     from workloads.diagnosis.pipeline import load_model, predict, prepare
 
     torch.set_num_threads(1)

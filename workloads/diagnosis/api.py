@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+from medray.dicom.multipart import DICOM, BodyError, split_body
 from medray.dicom.volume import read_instance
 from medray.errors import DicomError
 from medray.logs import get_logger
@@ -38,7 +39,6 @@ from medray.security.tokens import AuthError, TokenFile
 from workloads.diagnosis.config import LANES, PRIORITY_HEADER, REASON_STATUS, DiagnosisArgs, expert_key
 from workloads.diagnosis.deployments import Engine
 from workloads.diagnosis.fhir import FHIR_JSON, diagnostic_report
-from workloads.diagnosis.multipart import DICOM, BodyError, split_body
 from workloads.diagnosis.pipeline import routing_fields
 
 __all__ = ["fastapi_app", "DiagnosisAPI", "route_expert"]

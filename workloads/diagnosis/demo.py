@@ -20,6 +20,7 @@ from medray.data.shards import window_name
 from medray.demo import figures
 from medray.demo.report import FIGURES_DIR, figure_entry
 from medray.demo.runner import DemoContext
+from medray.dicom.multipart import DICOM, encode_series
 from medray.dicom.volume import DEFAULT_MAX_PIXELS
 from medray.errors import RegistryError
 from medray.imaging.normalize import InputSpec
@@ -28,7 +29,6 @@ from medray.privacy.pseudonym import ensure_key_file
 from medray.security.audit import verify_chain
 from medray.security.tokens import add_client
 from workloads.diagnosis.local import run_local, stop_local
-from workloads.diagnosis.multipart import DICOM, encode_series
 from workloads.diagnosis.pipeline import prepare
 
 __all__ = ["HELD_OUT", "stage"]

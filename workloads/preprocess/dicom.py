@@ -42,6 +42,7 @@ import pyarrow as pa
 from medray.cli.table import format_table
 from medray.cluster.local import connect
 from medray.data.shards import SCHEMA_VERSION, VOLUMES_DIR
+from medray.dicom.quiet import quiet_pydicom
 from medray.errors import ConfigError, MedrayError
 from medray.imaging.normalize import WINDOWS, InputSpec
 from medray.logs import get_logger
@@ -73,7 +74,6 @@ from workloads.preprocess.tasks import (
     pending_path,
     process_folder,
     process_series,
-    quiet_pydicom,
     scan_file,
     shard_path,
 )

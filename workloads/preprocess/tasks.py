@@ -37,7 +37,7 @@ from pydicom.dataset import Dataset
 
 from medray.data.shards import VOLUMES_DIR, VolumeRecord, build_table, window_name, write_shard
 from medray.dicom.part10 import get_value
-from medray.dicom.quiet import quiet_pydicom, silenced_warnings
+from medray.dicom.quiet import silenced_warnings
 from medray.dicom.sniff import sniff_series
 from medray.dicom.values import parse_age, parse_date
 from medray.dicom.volume import DEFAULT_MAX_PIXELS, REASONS, read_instance, volume_from_datasets
@@ -60,7 +60,6 @@ __all__ = [
     "FolderSeries",
     "process_folder",
     "pending_path",
-    "quiet_pydicom",
     "shard_path",
 ]
 

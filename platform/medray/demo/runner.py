@@ -59,10 +59,11 @@ def _where() -> dict[str, str]:
 
 def stage_cluster(ctx: DemoContext) -> dict[str, Any]:
     """Show every node of the local cluster with its role and GPU health."""
-    from medray.cluster.status import format_table, node_rows
+    from medray.cli.status import format_nodes
+    from medray.cluster.status import node_rows
 
     rows = node_rows()
-    ctx.say(format_table(rows))
+    ctx.say(format_nodes(rows))
     (ctx.out / "nodes.json").write_text(json.dumps(rows, indent=2))
     return {"nodes": len(rows), "alive": sum(r["alive"] for r in rows)}
 

@@ -18,12 +18,12 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydicom.data import get_testdata_file
 
 from medray.cluster import ray_internals
+from medray.dicom.multipart import encode_series
 from medray.privacy.pseudonym import load_key, pseudo_uid, pseudonym
 from medray.security.audit import verify_chain
 from tests.workloads.diagnosis import _dicom
 from tests.workloads.diagnosis.conftest import register_seeded
 from workloads.diagnosis.local import run_local, stop_local
-from workloads.diagnosis.multipart import encode_series
 from workloads.diagnosis.pipeline import load_model, predict, prepare
 
 MAX_BODY_MB = 1

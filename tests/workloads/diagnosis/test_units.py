@@ -6,6 +6,7 @@ import torch
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydantic import ValidationError
 
+from medray.dicom.multipart import BodyError, encode_series, split_body
 from medray.dicom.volume import REASONS, read_instance, volume_from_datasets
 from medray.errors import DicomError
 from medray.imaging.normalize import normalize_volume
@@ -15,7 +16,6 @@ from workloads.diagnosis.api import route_expert
 from workloads.diagnosis.app import deployment_options
 from workloads.diagnosis.config import REASON_STATUS, DiagnosisArgs
 from workloads.diagnosis.fhir import diagnostic_report
-from workloads.diagnosis.multipart import BodyError, encode_series, split_body
 from workloads.diagnosis.pipeline import load_model, predict, prepare, routing_fields
 
 PATHS = dict(registry="/srv/registry", tokens="/srv/tokens.json", audit_log="/srv/audit.jsonl")
