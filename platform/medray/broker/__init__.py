@@ -32,5 +32,6 @@ Runs are its tasks, so they share its fate: stopping the broker stops its runs.
 Modules: :mod:`~medray.broker.policy` (the decisions, pure: no Ray), :mod:`~medray.broker.actor` (the
 actor that carries them out, and the runs it starts), :mod:`~medray.broker.client` (calls any process
 makes: demand, lanes, drains, the summary) and :mod:`~medray.broker.preemption` (what a training run
-calls: the yield poll and its checkpoints).
+calls: the yield poll and its checkpoints); :mod:`~medray.broker.lanes` names the clinical lanes and
+the priority header of the HTTP API.
 """

@@ -3,5 +3,6 @@
 :mod:`~medray.dicom.part10` (the fast Explicit VR Little Endian reader), :mod:`~medray.dicom.sniff`
 (the grouping UIDs from a file's first bytes), :mod:`~medray.dicom.volume` (validated instances to a
 Hounsfield-unit volume), :mod:`~medray.dicom.values` (ages and dates) and :mod:`~medray.dicom.quiet`
-(keeping pydicom's warnings and logs, which quote values, quiet).
+(keeping pydicom's warnings and logs, which quote values, quiet) and :mod:`~medray.dicom.multipart`
+(DICOM over HTTP: the bodies ``POST /v1/diagnose`` takes).
 """
