@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from typing import Any
 
 from medray.cluster import ray_internals
 from medray.cluster.local import LocalNodeSpec, local_node_specs
+from medray.cluster.local_serve import free_port
 from medray.cluster.node_types import NodeType, load_node_types
 
 __all__ = [
@@ -127,12 +127,6 @@ def fake_provider_config(
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class FakeAutoscalingCluster:
     """A running fake autoscaling cluster: its address and the config its autoscaler follows."""
@@ -164,7 +158,7 @@ def fake_autoscaling_cluster(
 
     types = load_node_types(config)
     head = local_node_specs(types, **scale)[0]
-    port = _free_port()
+    port = free_port()
     head_id = ray_internals.fake_head_node_id()
     autoscaler_config = fake_provider_config(
         types, gcs_address=f"{ray.util.get_node_ip_address()}:{port}", idle_timeout_s=idle_timeout_s,
