@@ -58,3 +58,14 @@ def test_unknown_role_and_gpu_without_accelerator_are_refused():
 def test_missing_config_file_says_how_to_fix(tmp_path):
     with pytest.raises(ConfigError, match="--config"):
         load_node_types(tmp_path / "nope.yaml")
+
+
+def test_the_shipped_config_is_found_outside_the_repository(tmp_path, monkeypatch):
+    # What `medray up --local` reads from any other folder: the copy shipped inside the package.
+    from medray.cluster.node_types import CONFIG_ENV, default_config_path, load_cluster_config
+
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    path = default_config_path()
+    assert path.parent.name == "cluster" and path.is_file()
+    assert load_cluster_config() == load_cluster_config(CLUSTER_YAML)
