@@ -6,11 +6,12 @@ and the emergency lane go to their lane's ``roles`` (default ``infer``, then ``t
 fallback: real-time work, always-on node types first); the catalog, which does no work, prefers
 the coordinator. The Serve config therefore carries only arguments, never node names or resources.
 
-Each lane autoscales by its own settings. Replicas beyond what its first role's nodes hold land
-on the next roles' nodes: GPUs the priority broker lends from research (:func:`watch_lanes` tells
-the broker about the lanes). The lane's first role is its primary label selector, all its node
-types at once: Serve stops replicas outside the primary selector first when it scales down, so the
-borrowed GPUs are the first ones given back.
+Each lane autoscales by its own settings. Its replicas go to the cheapest node type first (the
+primary label selector), then to the other types in price order (``fallback_strategy``): replicas
+beyond what the inference nodes hold land on the next roles' nodes, GPUs the priority broker lends
+from research (:func:`watch_lanes` tells the broker about the lanes). Serve stops replicas outside
+the primary selector first when it scales down, so the dearest and the borrowed GPUs are the first
+ones given back.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ def _autoscaling(cfg: LaneConfig) -> AutoscalingConfig:
 
 
 def lane_options(cfg: LaneConfig) -> dict[str, Any]:
-    """``ray_actor_options`` of a lane's replicas: any node of its first role, then the other roles' types."""
+    """``ray_actor_options`` of a lane's replicas: the cheapest node type, the others as fallbacks in order."""
     return place(WorkloadProfile(roles=cfg.roles, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
-                                 gpu_memory_gb=cfg.gpu_memory_gb, latency="realtime")).role_grouped_options()
+                                 gpu_memory_gb=cfg.gpu_memory_gb, latency="realtime")).ray_options()
 
 
 def deployment_options(args: DiagnosisArgs) -> dict[str, dict[str, Any]]:

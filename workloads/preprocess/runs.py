@@ -95,15 +95,13 @@ def default_concurrency(chosen: Placement) -> int:
 def map_options(chosen: Placement, concurrency: int) -> dict[str, Any]:
     """``map_batches`` options for ``concurrency`` tasks placed as ``chosen`` says.
 
-    The node types of the preferred role form one selector (``in(cpu-prep,bulk-prep)``), the
-    other candidates stay fallbacks in the placement's order
-    (:meth:`~medray.scheduling.placement.Placement.role_grouped_options`): Ray Data keeps only
-    ``concurrency`` tasks in flight, and a waiting task queues on its selected type rather than
-    falling back, so one selector per type would leave the second prep type idle.
+    The cheapest node type is the label selector and the other candidates its ``fallback_strategy``
+    in price order (:meth:`~medray.scheduling.placement.Placement.ray_options`): Ray fills the
+    cheap type first and spills a task onto the next type only while the cheaper ones are full.
     """
     import ray.data
 
-    return {**chosen.role_grouped_options(), "compute": ray.data.TaskPoolStrategy(size=concurrency)}
+    return {**chosen.ray_options(), "compute": ray.data.TaskPoolStrategy(size=concurrency)}
 
 
 def start_tasks_at_once(ds: ray.data.Dataset) -> ray.data.Dataset:

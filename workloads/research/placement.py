@@ -1,9 +1,11 @@
 """Where training workers go: ``medray.scheduling`` placement turned into Ray Train's ScalingConfig.
 
 A Train worker group is one placement group, and placement-group bundles take a label selector but
-no ``fallback_strategy``. So the workers get one selector that admits every feasible node type of
-the placement (``medray.io/node-type in(…)``, plus the placement's site and drained-node
-exclusions): workers may spread over the training node types but never reach inference nodes.
+no ``fallback_strategy``. So each worker gets its own selector (Ray Train's per-worker
+``label_selector`` list), filled in the placement's cost order by the room the running cluster has
+when the run starts (:meth:`~medray.scheduling.placement.Placement.group_selectors`): workers go to
+the cheapest training type while it has free GPUs and spill onto the next only when it is full,
+and never reach inference nodes.
 """
 
 from __future__ import annotations
@@ -13,31 +15,30 @@ from dataclasses import dataclass
 from typing import Any
 
 from medray.cluster.node_types import SIMULATED_GPU_LABEL, NodeType, load_node_types
-from medray.scheduling.load import require_running
+from medray.scheduling.load import cluster_load, require_running
 from medray.scheduling.options import place
-from medray.scheduling.placement import Placement, WorkloadProfile
+from medray.scheduling.placement import LoadSnapshot, Placement, WorkloadProfile
 
-__all__ = ["TRAIN_ROLES", "any_candidate_selector", "WorkerPlacement", "place_workers"]
+__all__ = ["TRAIN_ROLES", "WorkerPlacement", "place_workers"]
 
 TRAIN_ROLES = ("train",)
 
 
-def any_candidate_selector(placement: Placement) -> dict[str, str]:
-    """The placement's label selector widened from its best node type to all its candidates."""
-    return placement.types_selector(placement.candidates)
-
-
 @dataclass(frozen=True)
 class WorkerPlacement:
-    """Resources, label selector, accelerator type and torch backend of every training worker."""
+    """Resources, per-worker label selectors, accelerator type and torch backend of training workers.
+
+    ``load``: the cluster as it was when the workers were placed; selectors fill it cheapest first.
+    """
 
     placement: Placement
     accelerator_type: str | None
     backend: str  # "nccl" on real GPUs, "gloo" on CPUs or simulated GPUs
+    load: LoadSnapshot
 
-    @property
-    def label_selector(self) -> dict[str, str]:
-        return any_candidate_selector(self.placement)
+    def label_selectors(self, num_workers: int) -> list[dict[str, str]]:
+        """The label selector of each of ``num_workers`` workers, cheapest node type with room first."""
+        return self.placement.group_selectors(num_workers, self.load)
 
     @property
     def resources_per_worker(self) -> dict[str, float]:
@@ -55,11 +56,12 @@ class WorkerPlacement:
         """Ray Train's ScalingConfig; ``(min, max)`` workers make the group elastic."""
         from ray.train import ScalingConfig
 
+        most = num_workers if isinstance(num_workers, int) else num_workers[1]
         return ScalingConfig(
             num_workers=num_workers,
             use_gpu=self.use_gpu,
             resources_per_worker=self.resources_per_worker,
-            label_selector=self.label_selector,
+            label_selector=self.label_selectors(most),
             accelerator_type=self.accelerator_type,
         )
 
@@ -93,4 +95,4 @@ def place_workers(
     # Ray's accelerator_type is one model: set it only when every candidate has that model.
     accelerator_type = accelerators.pop() if gpus_per_worker and len(accelerators) == 1 else None
     return WorkerPlacement(placement=placement, accelerator_type=accelerator_type,
-                           backend="nccl" if real_gpus else "gloo")
+                           backend="nccl" if real_gpus else "gloo", load=cluster_load())

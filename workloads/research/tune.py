@@ -5,8 +5,8 @@
 
 Each trial trains in its own process with the training loop of a single run
 (:func:`workloads.research.loop.run`, one worker, no DDP) and takes exactly one training worker's
-resources, placed like a run's workers (:mod:`workloads.research.placement`): trials can never land
-on inference nodes. Tune owns each trial's placement group, so a trial that ASHA stops gives its
+resources, placed like a run's workers (:mod:`workloads.research.placement`), cheapest training type
+first: trials can never land on inference nodes. Tune owns each trial's placement group, so a trial that ASHA stops gives its
 GPU back at once. At most ``--max-concurrent`` trials run at once (default and upper bound: the
 worker slots of the running training nodes), so a search never queues work that would spill
 elsewhere. ASHA stops the weaker trials early by held-out AUC. The best trial's last checkpoint is
@@ -103,6 +103,28 @@ def worker_slots(cfg: TrainConfig) -> int:
     return slots
 
 
+def _trial_resources(workers: WorkerPlacement, bundle: dict[str, float], concurrent: int) -> Any:
+    """Each trial's placement group, its one bundle on a node type of the cost-ordered fill.
+
+    A trial is a placement group (no ``fallback_strategy``): the ``concurrent`` slots are filled
+    cheapest type first by the room the cluster had when the search started
+    (:meth:`~workloads.research.placement.WorkerPlacement.label_selectors`), and trial ``i`` takes
+    slot ``i % concurrent``, so the trials that run together use the cheap slots before the dear ones.
+    """
+    from ray import tune as ray_tune
+
+    slots = workers.label_selectors(concurrent)
+    created = 0
+
+    def resources(_config: dict[str, Any]) -> Any:
+        nonlocal created
+        selector = slots[created % len(slots)]
+        created += 1
+        return ray_tune.PlacementGroupFactory([bundle], bundle_label_selector=[selector])
+
+    return resources
+
+
 def _trial(params: dict[str, Any], *, base: dict[str, Any], in_shape: tuple[int, int, int],
            datasets: dict[str, Any]) -> None:
     cfg = TrainConfig(**base).with_overrides(lr=float(params["lr"]), width=int(params["width"]),
@@ -197,9 +219,8 @@ def tune(
     bundle = dict(workers.resources_per_worker)
     if workers.accelerator_type:
         bundle[f"accelerator_type:{workers.accelerator_type}"] = 0.001  # as Ray Train asks for it
-    resources = ray_tune.PlacementGroupFactory([bundle], bundle_label_selector=[workers.label_selector])
     tuner = ray_tune.Tuner(
-        ray_tune.with_resources(trainable, resources),
+        ray_tune.with_resources(trainable, _trial_resources(workers, bundle, concurrent)),
         param_space=space.param_space(),
         tune_config=ray_tune.TuneConfig(
             metric=_METRIC, mode="max", num_samples=trials,

@@ -26,8 +26,11 @@ cool nodes win.
 set is an argument here; :func:`medray.scheduling.options.place` fills it in from the running cluster.
 
 The result is a label selector naming the best node type plus a ``fallback_strategy`` naming the
-rest in order: Ray places the work on the first type with free capacity, so cheap nodes fill first
-and busy or absent types spill over to the next feasible one.
+rest in order (:meth:`Placement.ray_options`, for tasks, actors and Serve replicas): Ray places the
+work on the first type with free capacity, so cheap nodes fill first and busy or absent types spill
+over to the next feasible one. Placement groups (Ray Train worker groups, Tune trials) take no
+fallback: :meth:`Placement.group_selectors` fills their units onto the types in the same order by
+the room a :class:`LoadSnapshot` shows.
 """
 
 
@@ -144,31 +147,29 @@ class Placement:
         """Ray ``fallback_strategy``: the other feasible node types, in order."""
         return [{"label_selector": self._selector(t)} for t in self.candidates[1:]]
 
-    def types_selector(self, node_types: Sequence[NodeType]) -> dict[str, str]:
-        """:attr:`label_selector` widened to any of ``node_types`` (``in(a,b)``; one name alone)."""
-        names = [t.name for t in node_types]
-        selector = dict(self.label_selector)
-        selector[NODE_TYPE_LABEL] = names[0] if len(names) == 1 else f"in({','.join(names)})"
-        return selector
+    def group_types(self, count: int, load: LoadSnapshot) -> list[NodeType]:
+        """The node type of each of ``count`` units placed together, cheapest first by free room now.
 
-    def role_grouped_options(self) -> dict[str, Any]:
-        """:meth:`ray_options` with the preferred role's types in one selector, other roles' as fallbacks.
-
-        For work whose queue must not wait on one type while another of the same role is idle: a
-        task or replica waiting for its selected type does not fall back (Ray 2.60), so one selector
-        per type would leave the second type of the role idle.
+        For work that Ray places as one gang without a ``fallback_strategy`` (a Ray Train worker
+        group or a Tune trial is a placement group, whose bundles take one label selector each):
+        units fill the candidates in order, as many on a type as its live, undrained nodes have
+        room for in ``load``; units that fit nowhere now wait for the best type.
         """
-        role = self.node_type.role
-        own = [t for t in self.candidates if t.role == role]
-        options: dict[str, Any] = {
-            "num_cpus": self.profile.num_cpus,
-            "num_gpus": self.profile.num_gpus,
-            "label_selector": self.types_selector(own),
-        }
-        others = [{"label_selector": self._selector(t)} for t in self.candidates if t.role != role]
-        if others:
-            options["fallback_strategy"] = others
-        return options
+        if count < 0:
+            raise PlacementError(f"count must be >= 0; got {count}")
+        p, out = self.profile, []
+        for t in self.candidates:
+            for n in load.nodes:
+                if n.node_type != t.name or n.drained or n.node_id in self.excluded_nodes:
+                    continue
+                room = [n.free_cpus / p.num_cpus] if p.num_cpus else []
+                room += [n.free_gpus / p.num_gpus] if p.num_gpus else []
+                out += [t] * min(int(min(room, default=count) + 1e-9), count - len(out))
+        return out + [self.node_type] * (count - len(out))
+
+    def group_selectors(self, count: int, load: LoadSnapshot) -> list[dict[str, str]]:
+        """One label selector per unit of :meth:`group_types` (Ray Train's per-worker ``label_selector``)."""
+        return [self._selector(t) for t in self.group_types(count, load)]
 
     def ray_options(self) -> dict[str, Any]:
         """Options for ``.options(**…)`` of tasks and actors, and Serve's ``ray_actor_options``."""

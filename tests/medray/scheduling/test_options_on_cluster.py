@@ -6,6 +6,7 @@ import pytest
 import ray
 
 from medray.cluster.node_types import NodeType
+from medray.scheduling.load import cluster_load
 from medray.scheduling.options import place
 from medray.scheduling.placement import WorkloadProfile
 
@@ -81,3 +82,34 @@ def test_site_pinned_work_waits_rather_than_leaving_its_site(ray_cluster, node_t
     deadline = time.monotonic() + 60
     labels = ray.get(ref, timeout=max(1, deadline - time.monotonic()))
     assert labels["medray.io/site"] == "partner-a"
+
+
+def _in_bundles(selectors, profile):
+    """Where a placement group of one bundle per selector puts its bundles (as Ray Train and Tune do)."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    bundle = {"CPU": profile.num_cpus, "GPU": profile.num_gpus}
+    pg = placement_group([bundle] * len(selectors), bundle_label_selector=selectors)
+    try:
+        ray.get(pg.ready(), timeout=60)
+        return [ray.get(where.options(num_cpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(
+            pg, placement_group_bundle_index=i)).remote())["medray.io/node-type"] for i in range(len(selectors))]
+    finally:
+        remove_placement_group(pg)
+
+
+def test_a_worker_group_takes_the_cheaper_training_type_first_and_spills_when_it_is_full(ray_cluster, node_types):
+    profile = WorkloadProfile(roles=("train",), num_cpus=1, num_gpus=1)
+    p = place(profile, node_types)
+    assert [t.name for t in p.candidates] == ["train-a100", "train-h100"]
+    wait_until_gpus_idle()
+    assert _in_bundles(p.group_selectors(1, cluster_load()), profile) == ["train-a100"]
+    wait_until_gpus_idle()
+    assert _in_bundles(p.group_selectors(2, cluster_load()), profile) == ["train-a100", "train-h100"]
+    holder = Holder.options(**p.ray_options()).remote()  # takes the A100 node's GPU
+    try:
+        assert ray.get(holder.node_type.remote()) == "train-a100"
+        assert _in_bundles(p.group_selectors(1, cluster_load()), profile) == ["train-h100"]
+    finally:
+        ray.kill(holder)

@@ -5,7 +5,7 @@ import pytest
 from medray.cluster.node_types import NodeType
 from medray.errors import PlacementError
 from medray.scheduling.options import place
-from medray.scheduling.placement import WorkloadProfile
+from medray.scheduling.placement import LoadSnapshot, NodeLoad, WorkloadProfile
 
 
 def names(placement):
@@ -32,24 +32,28 @@ def test_role_preference_then_fallback_roles(node_types):
     assert opts["num_gpus"] == 1
 
 
-def test_role_grouped_options_select_the_first_roles_types_at_once(node_types):
-    p = place(WorkloadProfile(roles=("infer", "train"), num_gpus=1), node_types, drained=frozenset({"n1"}))
-    opts = p.role_grouped_options()
-    drained = {"ray.io/node-id": "!in(n1)"}
-    assert opts["label_selector"] == {"medray.io/node-type": "in(infer-t4,infer-l4)", **drained}
-    assert [f["label_selector"] for f in opts["fallback_strategy"]] == [
-        {"medray.io/node-type": t, **drained} for t in ("train-a100", "train-h100")]
-    assert (opts["num_cpus"], opts["num_gpus"]) == (1.0, 1)
-    assert "fallback_strategy" not in place(WorkloadProfile(roles=("infer",), num_gpus=1),
-                                            node_types).role_grouped_options()
+def _load(*nodes):
+    return LoadSnapshot(nodes=tuple(NodeLoad(node_id=f"n{i}", node_type=t, free_cpus=c, free_gpus=g,
+                                             total_cpus=8, total_gpus=8, drained=d)
+                                    for i, (t, c, g, d) in enumerate(nodes)))
 
 
-def test_types_selector_names_one_type_bare_and_several_with_in(node_types):
-    p = place(WorkloadProfile(roles=("prep", "infer"), site="partner-a"), node_types)
-    site = {"medray.io/site": "partner-a"}
-    assert p.types_selector(p.candidates) == {"medray.io/node-type": "edge-partner-a", **site}
-    p = place(WorkloadProfile(roles=("prep",)), node_types)
-    assert p.types_selector(p.candidates) == {"medray.io/node-type": "in(bulk-prep,cpu-prep)"}
+def test_a_group_fills_the_cheapest_type_first_and_spills_only_when_it_is_full(node_types):
+    p = place(WorkloadProfile(roles=("train",), num_cpus=1, num_gpus=1), node_types, drained=frozenset())
+    load = _load(("train-h100", 8, 8, False), ("train-a100", 8, 3, False))
+    assert [t.name for t in p.group_types(5, load)] == ["train-a100"] * 3 + ["train-h100"] * 2
+    assert [t.name for t in p.group_types(2, load)] == ["train-a100"] * 2
+    # Nothing free anywhere: the whole group waits for the cheapest type.
+    assert [t.name for t in p.group_types(2, _load(("train-a100", 8, 0, False)))] == ["train-a100"] * 2
+    assert p.group_selectors(1, load) == [{"medray.io/node-type": "train-a100"}]
+
+
+def test_a_group_skips_drained_nodes_and_counts_cpus_too(node_types):
+    p = place(WorkloadProfile(roles=("train",), num_cpus=4, num_gpus=1), node_types, drained=frozenset())
+    load = _load(("train-a100", 8, 8, True), ("train-a100", 4, 8, False), ("train-h100", 8, 8, False))
+    assert [t.name for t in p.group_types(3, load)] == ["train-a100", "train-h100", "train-h100"]
+    with pytest.raises(PlacementError, match="count"):
+        p.group_types(-1, load)
 
 
 def test_gpu_memory_rules_out_small_gpus(node_types):

@@ -35,3 +35,27 @@ def test_list_files_refuses_what_is_not_a_folder(tmp_path: Path) -> None:
     for missing in (tmp_path / "file", tmp_path / "nothing"):
         with pytest.raises(ConfigError, match="not a directory"):
             list_files(missing)
+
+
+def _node_types_of_tasks(concurrency: int, tasks: int) -> list[str]:
+    import time
+
+    import ray.data
+
+    from workloads.preprocess.runs import PREP_PROFILE, map_options, placement
+
+    def where(batch):
+        time.sleep(1.0)  # long enough for the tasks of one wave to overlap
+        labels = ray.get_runtime_context().get_node_labels()
+        return {"node_type": [labels["medray.io/node-type"]] * len(batch["id"])}
+
+    opts = map_options(placement(PREP_PROFILE), concurrency)
+    ds = ray.data.range(tasks, override_num_blocks=tasks).map_batches(where, batch_size=1, **opts)
+    return sorted(row["node_type"] for row in ds.take_all())
+
+
+def test_pipeline_tasks_fill_the_preferred_prep_type_and_spill_only_when_it_is_full(ray_cluster) -> None:
+    # cpu-prep (NVMe, as the profile asks) has 2 CPUs in the local cluster, bulk-prep 2 more.
+    assert _node_types_of_tasks(2, 4) == ["cpu-prep"] * 4
+    spilled = _node_types_of_tasks(4, 8)
+    assert "bulk-prep" in spilled and spilled.count("cpu-prep") >= spilled.count("bulk-prep")

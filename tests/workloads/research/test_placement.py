@@ -2,20 +2,25 @@
 
 import pytest
 
-from medray.cluster.node_types import NODE_TYPE_LABEL, NodeType
+from medray.cluster.node_types import NODE_TYPE_LABEL, NodeType, load_node_types
 from medray.errors import PlacementError
 from medray.scheduling.options import place
-from medray.scheduling.placement import WorkloadProfile
-from workloads.research.placement import any_candidate_selector, place_workers
+from medray.scheduling.placement import LoadSnapshot, NodeLoad, WorkloadProfile
+from workloads.research.placement import WorkerPlacement, place_workers
 
 
-def test_selector_admits_every_candidate_and_keeps_the_site(node_types):
-    placement = place(WorkloadProfile(roles=("train",), num_cpus=1, num_gpus=1), node_types)
-    selector = any_candidate_selector(placement)
-    assert selector[NODE_TYPE_LABEL].startswith("in(")
-    assert set(selector[NODE_TYPE_LABEL][3:-1].split(",")) == {"train-a100", "train-h100"}
-    pinned = place(WorkloadProfile(roles=("edge",), num_cpus=1, site="partner-a"), node_types)
-    assert any_candidate_selector(pinned) == {NODE_TYPE_LABEL: "edge-partner-a", "medray.io/site": "partner-a"}
+def test_each_worker_gets_the_cheapest_training_type_with_room():
+    types = load_node_types()
+    placement = place(WorkloadProfile(roles=("train",), num_cpus=1, num_gpus=1), types, drained=frozenset())
+    load = LoadSnapshot(nodes=(
+        NodeLoad("a", "train-a100", free_cpus=2, free_gpus=1, total_cpus=2, total_gpus=1),
+        NodeLoad("h", "train-h100", free_cpus=2, free_gpus=1, total_cpus=2, total_gpus=1),
+    ))
+    workers = WorkerPlacement(placement=placement, accelerator_type=None, backend="gloo", load=load)
+    assert [s[NODE_TYPE_LABEL] for s in workers.label_selectors(2)] == ["train-a100", "train-h100"]
+    assert workers.scaling_config((1, 2)).label_selector == workers.label_selectors(2)
+    pinned = place(WorkloadProfile(roles=("edge",), num_cpus=1, site="partner-a"), types)
+    assert pinned.group_selectors(1, load) == [{NODE_TYPE_LABEL: "edge-partner-a", "medray.io/site": "partner-a"}]
 
 
 def test_workers_on_simulated_gpus_use_gloo_and_an_elastic_range(ray_cluster):
@@ -30,7 +35,7 @@ def test_workers_on_simulated_gpus_use_gloo_and_an_elastic_range(ray_cluster):
 
 def test_accelerator_narrows_to_one_node_type(ray_cluster):
     workers = place_workers(cpus_per_worker=2, gpus_per_worker=1, accelerator="H100")
-    assert workers.label_selector[NODE_TYPE_LABEL] == "train-h100"
+    assert [s[NODE_TYPE_LABEL] for s in workers.label_selectors(2)] == ["train-h100"] * 2
     assert workers.scaling_config(1).accelerator_type == "H100"
     with pytest.raises(PlacementError, match="no node type"):
         place_workers(accelerator="MI300")
