@@ -37,7 +37,7 @@ import json
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ from medray.errors import ConfigError, MedrayError
 
 __all__ = ["SERVICE_IMPORT_PATH", "SERVICE_APP", "LANE_DEPLOYMENTS", "RESEARCH_ENTRYPOINT", "LEND_ROLE",
            "BurstPlan", "Kit", "PhaseResult", "DEMO_PLAN", "prepare_kit", "diagnosis_args", "submit_research",
-           "start_service", "stop_service", "run_phase"]
+           "start_service", "stop_service", "run_phase", "burst_episode"]
 
 # The diagnosis service as deploy/serve-diagnosis.yaml deploys it (import path and application
 # name), and the deployment serving each of its lanes (docs/diagnosis.md).
@@ -364,7 +364,7 @@ def run_phase(kit: Kit, plan: BurstPlan, *, broker: bool, name: str,
             samples.append(_sample(now, node_types))
             events = _events(t0)
             # Without lending research never stopped: the phase ends after_s after the burst.
-            resumed = _resumed(events, progress_log, t0) if broker else plan.burst_end
+            resumed = _resumed(events, progress_log, t0, plan.before_s) if broker else plan.burst_end
             if resumed is not None and now >= max(plan.burst_end, resumed) + plan.after_s:
                 break
             if now >= plan.burst_end + plan.after_max_s:
@@ -391,10 +391,12 @@ def _events(t0: float) -> list[dict[str, Any]]:
     return [{**e, "t": e["at"] - t0} for e in summary["events"]]
 
 
-def _resumed(events: list[dict[str, Any]], progress_log: Path, t0: float) -> float | None:
-    """When research first trained after the broker returned its GPUs (None: not yet)."""
-    returned = [e["t"] for e in events if e["action"] == "return"]
-    after = [p["t"] for p in _read_progress(progress_log, t0) if returned and p["t"] > returned[-1]]
+def _resumed(events: list[dict[str, Any]], progress_log: Path, t0: float, burst_start: float) -> float | None:
+    """When research first trained after the burst's lending episode returned its GPUs (None: not yet)."""
+    episode = burst_episode(events, burst_start)
+    if episode is None or episode[2] is None:
+        return None
+    after = [p["t"] for p in _read_progress(progress_log, t0) if p["t"] > episode[2]]
     return after[0] if after else None
 
 
@@ -413,6 +415,24 @@ def _window(requests: list[dict[str, Any]], lane: str, start: float, end: float)
     ok = [r["latency_s"] for r in chosen if r["status"] == 200]
     p50, p99 = _percentiles(ok)
     return {"requests": len(chosen), "failed": len(chosen) - len(ok), "p50_ms": p50, "p99_ms": p99}
+
+
+def burst_episode(events: Sequence[Mapping[str, Any]],
+                  burst_start: float) -> tuple[float, float, float | None] | None:
+    """(lend, yielded, return) times of the measured burst's lending episode, from broker events.
+
+    Only events at or after ``burst_start`` count, each after the one before it, so that no time can
+    come out negative and nothing from before the burst (a lend at start-up, an earlier episode) is
+    taken for the burst's. None when the broker lent nothing during the burst or no run finished yielding.
+    """
+    lent = next((e["t"] for e in events if e["action"] == "lend" and e["t"] >= burst_start), None)
+    if lent is None:
+        return None
+    yielded = next((e["t"] for e in events if e["action"] == "yielded" and e["t"] >= lent), None)
+    if yielded is None:
+        return None
+    returned = next((e["t"] for e in events if e["action"] == "return" and e["t"] >= yielded), None)
+    return lent, yielded, returned
 
 
 def _metrics(result: PhaseResult, plan: BurstPlan) -> dict[str, Any]:
@@ -440,19 +460,22 @@ def _metrics(result: PhaseResult, plan: BurstPlan) -> dict[str, Any]:
         # What lending costs research: the steps it trained while the burst lasted.
         "research_steps_in_burst": sum(plan.before_s <= p["t"] < plan.burst_end for p in result.progress),
     }
-    lent = [e["t"] for e in result.events if e["action"] == "lend"]
-    yielded = [e["t"] for e in result.events if e["action"] == "yielded"]
-    returned = [e["t"] for e in result.events if e["action"] == "return"]
+    lends = [e["t"] for e in result.events if e["action"] == "lend"]
+    # Lends before the burst answered no burst: counted, never taken as the burst's lend.
+    metrics["lends_before_burst"] = sum(t < plan.before_s for t in lends)
+    episode = burst_episode(result.events, plan.before_s)
     placed = [s["t"] for s in result.samples if s["t"] >= plan.before_s
               and any(roles.get(t) == LEND_ROLE for t in s["emergency"]["by_type"])]
-    if yielded:
-        before = [p for p in result.progress if p["t"] <= yielded[0]]
-        after = [p for p in result.progress if returned and p["t"] > returned[0]]
+    if episode is not None:
+        lent, yielded, returned = episode
+        before = [p for p in result.progress if p["t"] <= yielded]
+        after = [p for p in result.progress if returned is not None and p["t"] > returned]
         metrics.update(
-            lend_s=lent[0] - plan.before_s,
+            lend_s=lent - plan.before_s,
             extra_replicas_placed_s=placed[0] - plan.before_s if placed else None,
-            returned_s=returned[0] - plan.burst_end if returned else None,
-            research_running_again_s=after[0]["t"] - plan.burst_end if after else None,
+            # 0 when the GPUs came back before the burst was over.
+            returned_s=max(0.0, returned - plan.burst_end) if returned is not None else None,
+            research_running_again_s=(max(0.0, after[0]["t"] - plan.burst_end) if after else None),
             # Steps trained before the yield that the resumed run trains again.
             steps_redone=(before[-1]["step"] - (after[0]["step"] - 1)) if before and after else None,
         )

@@ -43,6 +43,8 @@ def format_table(results: Sequence[PhaseResult], plan: BurstPlan) -> str:
     def before_during(key: str) -> Callable[[PhaseResult], str]:
         return lambda r: f"{_emergency(r, 'before', key)} / {_emergency(r, 'during', key)}"
 
+    row("lends before the burst (start-up noise)",
+        lambda r: str(r.metrics.get("lends_before_burst", 0)) if r.broker else "-", "0")
     row("s from burst start to the broker's lend decision", lambda r: _s(r.metrics.get("lend_s"), "-"))
     row("s from burst start to extra replicas placed",
         lambda r: _s(r.metrics.get("extra_replicas_placed_s"), "-"))

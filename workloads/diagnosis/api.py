@@ -15,6 +15,7 @@ Route scopes: ``POST /v1/diagnose`` needs ``clinic``; ``GET /v1/models`` needs `
 # No `from __future__ import annotations` here: FastAPI must see the real annotation objects
 # (Request, the body model) through Serve's class-based view.
 
+import asyncio
 import time
 import uuid
 from collections.abc import Collection
@@ -28,6 +29,8 @@ from pydicom.dataset import Dataset
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+from medray.broker.client import report_queues
+from medray.broker.lanes import InFlight
 from medray.dicom.multipart import DICOM, BodyError, split_body
 from medray.dicom.volume import read_instance
 from medray.errors import DicomError
@@ -164,6 +167,14 @@ class DiagnosisAPI:
         self._routine_active = 0
         self._engine = Engine("routine", args, catalog)
         await self._engine.start()
+        # Each lane's requests in flight here: the queue evidence the priority broker lends on.
+        self._inflight = {lane: InFlight() for lane in LANES}
+        self._reporter: asyncio.Task[None] | None = None
+        if args.broker:
+            context = serve.get_replica_context()
+            lanes = {f"{context.app_name}/{lane}": q for lane, q in self._inflight.items()}
+            self._reporter = asyncio.get_running_loop().create_task(
+                report_queues(lanes, source=context.replica_id.unique_id))
         self._requests = counter("diagnosis_requests", "diagnosis requests by lane and status", ("lane", "status"))
         self._latency = histogram("diagnosis_latency_ms", "diagnosis request latency (ms)",
                                   (5, 10, 20, 50, 100, 200, 500, 1000, 5000), ("lane",))
@@ -243,7 +254,11 @@ class DiagnosisAPI:
                               f"no model serves this study's modality and body part; served: {sorted(self._engine.experts)}")
             record["expert"], record["model"] = routed
             sent = time.perf_counter()
-            result = await self._diagnose(priority, instances, routed[1], first)
+            token = self._inflight[priority].start(time.monotonic())
+            try:
+                result = await self._diagnose(priority, instances, routed[1], first)
+            finally:
+                self._inflight[priority].end(token)
             lane_ms = (time.perf_counter() - sent) * 1e3
             if "error" in result:
                 status = 503 if result["error"] == "model_unavailable" else REASON_STATUS.get(result["error"], 500)

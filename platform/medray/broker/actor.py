@@ -86,6 +86,7 @@ class Broker:
         self._core = BrokerCore(policy, on_event=_export_event)
         self._tasks: dict[str, Any] = {}
         self._watches: dict[str, tuple[str, str, str]] = {}
+        self._queues: dict[str, dict[str, tuple[int, float, float]]] = {}  # lane -> source -> (n, oldest, at)
         self._node_roles: dict[str, str] = {}
         self._loop: asyncio.Task[None] | None = None
 
@@ -133,9 +134,16 @@ class Broker:
                 self._node_roles = {n["NodeID"]: (n.get("Labels") or {}).get(ROLE_LABEL, "")
                                     for n in ray.nodes()}
             borrowed = sum(self._node_roles.get(n) in self._core.policy.lend_roles for n in nodes)
+            queued, oldest = self._queue(lane, now)
             self._core.report_demand(Demand(lane=lane, priority=priority, pending=pending,
-                                            running=len(nodes), borrowed=borrowed, at=now,
-                                            source="serve"))
+                                            running=len(nodes), borrowed=borrowed, queued=queued,
+                                            oldest_s=oldest, at=now, source="serve"))
+
+    def _queue(self, lane: str, now: float) -> tuple[int, float]:
+        """Requests queued in ``lane`` and the oldest one's wait, summed over its fresh reporters."""
+        fresh = [(n, oldest) for n, oldest, at in self._queues.get(lane, {}).values()
+                 if now - at <= self._core.policy.demand_ttl_s]
+        return sum(n for n, _ in fresh), max((oldest for _, oldest in fresh), default=0.0)
 
     def _export_gauges(self) -> None:
         runs = metrics.gauge("broker_runs", "runs known to the broker by state", ("state",))
@@ -182,9 +190,14 @@ class Broker:
     # Demand and nodes -----------------------------------------------------------------------
 
     async def report_demand(self, lane: str, priority: str, pending: int, running: int,
-                            borrowed: int) -> None:
+                            borrowed: int, queued: int = 0, oldest_s: float = 0.0) -> None:
         self._core.report_demand(Demand(lane=lane, priority=priority, pending=pending, running=running,
-                                        borrowed=borrowed, at=time.time()))
+                                        borrowed=borrowed, queued=queued, oldest_s=oldest_s,
+                                        at=time.time()))
+
+    async def report_queue(self, lane: str, source: str, queued: int, oldest_s: float) -> None:
+        """A watched lane's queue as one of its front doors (an ingress replica ``source``) sees it."""
+        self._queues.setdefault(lane, {})[source] = (int(queued), float(oldest_s), time.time())
 
     async def watch_serve(self, lane: str, app: str, deployment: str, priority: str) -> None:
         priority_rank(priority)
@@ -193,6 +206,7 @@ class Broker:
 
     async def unwatch_serve(self, lane: str) -> None:
         self._watches.pop(lane, None)
+        self._queues.pop(lane, None)
         self._core.demands.pop(lane, None)
 
     async def report_node(self, node_id: str, node_type: str, *, drained: bool, reasons: list[str],

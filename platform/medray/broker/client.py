@@ -5,10 +5,14 @@ Imports nothing from :mod:`medray.scheduling`, which reads drained nodes through
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import ray
 
+from medray.broker.lanes import InFlight
 from medray.broker.policy import Demand
 from medray.errors import MedrayError
 
@@ -20,6 +24,7 @@ __all__ = [
     "drained_nodes",
     "node_health",
     "report_demand",
+    "report_queues",
     "watch_serve",
     "unwatch_serve",
     "broker_summary",
@@ -59,11 +64,36 @@ def node_health(*, timeout_s: float = 10.0) -> dict[str, dict[str, Any]]:
     return ray.get(broker.node_health.remote(), timeout=timeout_s) if broker is not None else {}
 
 
-def report_demand(lane: str, *, priority: str, pending: int, running: int = 0, borrowed: int = 0) -> None:
+def report_demand(lane: str, *, priority: str, pending: int, running: int = 0, borrowed: int = 0,
+                  queued: int = 0, oldest_s: float = 0.0) -> None:
     """Push a lane's demand (for work the broker does not watch itself); repeat it at least every
-    ``demand_ttl_s`` while it holds. ``borrowed``: units running on lent nodes."""
-    Demand(lane=lane, priority=priority, pending=pending, running=running, borrowed=borrowed)
-    ray.get(require_broker().report_demand.remote(lane, priority, pending, running, borrowed))
+    ``demand_ttl_s`` while it holds. ``borrowed``: units running on lent nodes; ``queued`` and
+    ``oldest_s``: requests waiting and the oldest one's wait (lending needs both, see BrokerPolicy)."""
+    Demand(lane=lane, priority=priority, pending=pending, running=running, borrowed=borrowed,
+           queued=queued, oldest_s=oldest_s)
+    ray.get(require_broker().report_demand.remote(lane, priority, pending, running, borrowed, queued, oldest_s))
+
+
+async def report_queues(queues: Mapping[str, InFlight], *, source: str, interval_s: float = 0.5,
+                        lookup_s: float = 5.0) -> None:
+    """Forever (an asyncio task of a front door): every ``interval_s`` tell the running broker each
+    watched lane's queue, ``lane name -> InFlight``, as front door ``source`` holds it.
+
+    Never waits on the broker; without one it looks again every ``lookup_s``.
+    """
+    broker, looked_up = None, float("-inf")
+    while True:
+        now = time.monotonic()
+        if broker is None and now - looked_up >= lookup_s:
+            broker, looked_up = get_broker(), now
+        if broker is not None:
+            try:
+                for lane, inflight in queues.items():
+                    queued, oldest = inflight.snapshot(now)
+                    broker.report_queue.remote(lane, source, queued, oldest)
+            except ray.exceptions.RayError:
+                broker = None
+        await asyncio.sleep(interval_s)
 
 
 def watch_serve(lane: str, *, app: str, deployment: str, priority: str) -> None:

@@ -29,43 +29,61 @@ def priority_rank(priority: str) -> int:
 
 @dataclass(frozen=True)
 class BrokerPolicy:
-    """How eagerly the broker lends and returns GPUs.
+    """How eagerly the broker lends and returns GPUs (thresholds documented in docs/broker.md).
 
-    ``pressure_grace_s``: how long a lane must have pending units before runs are asked to yield
-    (filters replicas that are merely being placed). ``calm_s``: how long every lane must be back on
-    its own nodes, with nothing pending, before yielded runs start again. ``demand_ttl_s``: pushed
-    demand older than this is ignored. ``lend_roles``: node roles whose GPUs runs hold and lanes
-    borrow (a lane's units alive there are "borrowed").
+    A lane is **starved** only with both kinds of evidence at once: units (replicas) it wants that
+    Ray has not placed (``pending``) *and* requests queued in it, the oldest waiting at least
+    ``queue_age_s`` (``oldest_s``). Replicas still starting while no request waits that long (a
+    deployment coming up, an autoscaler step the lane's own nodes absorb) are not starvation.
+    ``pressure_grace_s``: how long that evidence must hold without a break before runs are asked to
+    yield. ``calm_s``: how long every lane must be back on its own nodes, with nothing pending, before
+    yielded runs start again; the timer starts only once every asked run has finished yielding.
+    ``demand_ttl_s``: demand and queue reports older than this are ignored. ``lend_roles``: node roles
+    whose GPUs runs hold and lanes borrow (a lane's units alive there are "borrowed").
     """
 
     interval_s: float = 0.5
     pressure_grace_s: float = 1.0
+    queue_age_s: float = 1.0
     calm_s: float = 10.0
     demand_ttl_s: float = 10.0
     lend_roles: tuple[str, ...] = ("train",)
     event_capacity: int = 1000
 
     def __post_init__(self) -> None:
-        if min(self.interval_s, self.demand_ttl_s) <= 0 or min(self.pressure_grace_s, self.calm_s) < 0:
-            raise ConfigError("interval_s and demand_ttl_s must be > 0, grace and calm times >= 0")
+        if min(self.interval_s, self.demand_ttl_s) <= 0 or min(self.pressure_grace_s, self.calm_s,
+                                                                 self.queue_age_s) < 0:
+            raise ConfigError("interval_s and demand_ttl_s must be > 0, grace, queue age and calm "
+                              "times >= 0")
 
 
 @dataclass(frozen=True)
 class Demand:
-    """A lane's want at one moment: units (replicas) pending for a GPU, running, and running on lent nodes."""
+    """A lane's want at one moment.
+
+    ``pending``: units (replicas) it wants that are not placed; ``running``: units placed;
+    ``borrowed``: units placed on lent nodes; ``queued``: requests waiting in the lane;
+    ``oldest_s``: how long the oldest of them has waited.
+    """
 
     lane: str
     priority: str
     pending: int
     running: int = 0
     borrowed: int = 0
+    queued: int = 0
+    oldest_s: float = 0.0
     at: float = 0.0
     source: str = "push"
 
     def __post_init__(self) -> None:
         priority_rank(self.priority)
-        if min(self.pending, self.running, self.borrowed) < 0:
-            raise ConfigError("pending, running and borrowed must be >= 0")
+        if min(self.pending, self.running, self.borrowed, self.queued) < 0 or self.oldest_s < 0:
+            raise ConfigError("pending, running, borrowed, queued and oldest_s must be >= 0")
+
+    def starving(self, policy: BrokerPolicy) -> bool:
+        """Both kinds of evidence at this moment: unplaced units and a queue at least ``queue_age_s`` old."""
+        return self.pending > 0 and self.queued > 0 and self.oldest_s >= policy.queue_age_s
 
 
 @dataclass(frozen=True)
@@ -130,7 +148,7 @@ class BrokerCore:
         self.nodes: dict[str, _Node] = {}
         self.events: deque[Event] = deque(maxlen=self.policy.event_capacity)
         self._on_event = on_event
-        self._pending_since: dict[str, float] = {}
+        self._starving_since: dict[str, float] = {}
         self._calm_since: float | None = None
         self._unmet_lanes: set[str] = set()
 
@@ -218,15 +236,15 @@ class BrokerCore:
         """Decide who yields and who resumes now."""
         fresh = self._fresh_demands(now)
         for d in fresh:
-            if d.pending:
-                self._pending_since.setdefault(d.lane, d.at)
+            if d.starving(self.policy):
+                self._starving_since.setdefault(d.lane, d.at)
             else:
-                self._pending_since.pop(d.lane, None)
-        for lane in set(self._pending_since) - {d.lane for d in fresh}:
-            del self._pending_since[lane]
+                self._starving_since.pop(d.lane, None)
+        for lane in set(self._starving_since) - {d.lane for d in fresh}:
+            del self._starving_since[lane]
         starved = sorted(
             (d for d in fresh
-             if d.pending and now - self._pending_since[d.lane] >= self.policy.pressure_grace_s),
+             if d.lane in self._starving_since and now - self._starving_since[d.lane] >= self.policy.pressure_grace_s),
             key=lambda d: priority_rank(d.priority),
         )
         if starved:
@@ -244,8 +262,9 @@ class BrokerCore:
              if r.state == "running" and priority_rank(r.priority) > priority_rank(top.priority)),
             key=lambda r: (-priority_rank(r.priority), -r.submitted_at),  # lowest class, newest first
         )
-        waited = now - self._pending_since[top.lane]
-        reason = f"lane {top.lane} ({top.priority}) has {top.pending} pending for {waited:.1f}s"
+        waited = now - self._starving_since[top.lane]
+        reason = (f"lane {top.lane} ({top.priority}): {top.pending} replicas unplaced and {top.queued} "
+                  f"requests queued, the oldest {top.oldest_s:.1f}s, for {waited:.1f}s")
         decisions = []
         for run in victims[:max(need, 0)]:
             run.state = "yielding"
@@ -260,13 +279,16 @@ class BrokerCore:
     def _give_back(self, now: float, fresh: list[Demand]) -> list[Decision]:
         yielded = [r for r in self.runs.values() if r.state == "yielded"]
         busy = [d for d in fresh if d.pending or d.borrowed]
-        if busy or not any(r.state in ("yielding", "yielded") for r in self.runs.values()):
+        # The calm timer starts once every asked run has released its GPUs: a lane is only back on
+        # its own nodes when the lent ones were free to take.
+        yielding = any(r.state == "yielding" for r in self.runs.values())
+        if busy or yielding or not yielded:
             self._calm_since = None
             return []
         if self._calm_since is None:
             self._calm_since = now
         calm_for = now - self._calm_since
-        if calm_for < self.policy.calm_s or not yielded:
+        if calm_for < self.policy.calm_s:
             return []
         decisions = []
         for run in yielded:

@@ -85,7 +85,8 @@ def format_broker_summary(summary: dict[str, Any] | None) -> str:
                      f"yields {r['yields']} checkpoint step {step}")
     for d in summary["lanes"]:
         lines.append(f"  lane {d['lane']:24} {d['priority']:9} pending {d['pending']} running "
-                     f"{d['running']} borrowed {d['borrowed']} ({d['source']}, {d['age_s']}s ago)")
+                     f"{d['running']} borrowed {d['borrowed']} queued {d['queued']} oldest "
+                     f"{d['oldest_s']:.1f}s ({d['source']}, {d['age_s']}s ago)")
     for n in summary["drained"]:
         lines.append(f"  drained {n['node_type']} {n['node_id'][:8]}: {', '.join(n['reasons'])}")
     for e in summary["events"]:

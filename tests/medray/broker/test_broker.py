@@ -42,7 +42,7 @@ def actions(decisions):
 
 def test_a_starved_lane_asks_the_lowest_priority_newest_runs_to_yield_after_the_grace():
     core = core_with(run("batch-1", "batch", at=3), run("old", at=1), run("new", at=2))
-    core.report_demand(Demand("emergency", "emergency", pending=2, at=10.0))
+    core.report_demand(Demand("emergency", "emergency", pending=2, queued=4, oldest_s=2.0, at=10.0))
     assert core.tick(10.0) == [] and core.tick(10.9) == []  # within the grace: maybe just placing
     assert actions(core.tick(11.0)) == [("yield", "new"), ("yield", "old")]
     assert core.should_yield("new") and core.should_yield("old") and not core.should_yield("batch-1")
@@ -50,22 +50,63 @@ def test_a_starved_lane_asks_the_lowest_priority_newest_runs_to_yield_after_the_
     assert core.tick(11.5) == []
     lend = [e for e in core.events if e.action == "lend"]
     assert [e.subject for e in lend] == ["new", "old"]
-    assert "lane emergency (emergency) has 2 pending" in lend[0].reason
+    assert lend[0].reason == ("lane emergency (emergency): 2 replicas unplaced and 4 requests queued, "
+                              "the oldest 2.0s, for 1.0s")
+
+
+def test_replicas_that_are_only_starting_or_a_young_queue_are_not_starvation():
+    core = core_with(run("r"))
+    # A deployment coming up: replicas not placed yet, but no request waits.
+    core.report_demand(Demand("emergency", "emergency", pending=2, at=0.0))
+    assert core.tick(30.0 - 20.0) == []
+    # Requests in flight, but none has waited queue_age_s: the lane keeps up.
+    core.report_demand(Demand("emergency", "emergency", pending=2, queued=3, oldest_s=0.4, at=10.0))
+    assert core.tick(12.0) == []
+    # A queue but nothing unplaced: more replicas of the lane's own would not help lending.
+    core.report_demand(Demand("emergency", "emergency", pending=0, queued=9, oldest_s=3.0, at=12.0))
+    assert core.tick(14.0) == [] and not [e for e in core.events if e.action == "lend"]
+
+
+def test_the_evidence_must_hold_for_the_whole_grace():
+    core = core_with(run("r"))
+    core.report_demand(Demand("emergency", "emergency", pending=1, queued=2, oldest_s=1.5, at=0.0))
+    assert core.tick(0.5) == []
+    core.report_demand(Demand("emergency", "emergency", pending=1, queued=2, oldest_s=0.2, at=0.8))
+    assert core.tick(0.9) == []  # the queue drained: the grace starts again
+    core.report_demand(Demand("emergency", "emergency", pending=1, queued=2, oldest_s=1.1, at=1.2))
+    assert core.tick(1.5) == [] and core.tick(2.1) == []
+    assert actions(core.tick(2.2)) == [("yield", "r")]
+
+
+def test_the_calm_timer_starts_only_when_the_yield_has_completed():
+    core = core_with(run("r"))
+    core.report_demand(Demand("emergency", "emergency", pending=1, queued=2, oldest_s=2.0, at=0.0))
+    assert actions(core.tick(1.0)) == [("yield", "r")]
+    # The burst is over at once, but the run takes 20 s to checkpoint and release its GPUs.
+    core.report_demand(Demand("emergency", "emergency", pending=0, at=1.5))
+    for t in (2.0, 8.0, 15.0, 21.0):
+        core.report_demand(Demand("emergency", "emergency", pending=0, at=t))
+        assert core.tick(t) == []
+    core.run_ended(21.0, "r")
+    core.report_demand(Demand("emergency", "emergency", pending=0, at=21.5))
+    assert core.tick(21.5) == [] and core.tick(26.0) == []  # calm_s (5 s) counts from 21.5
+    core.report_demand(Demand("emergency", "emergency", pending=0, at=26.5))
+    assert actions(core.tick(26.5)) == [("resume", "r")]
 
 
 def test_a_lane_only_preempts_lower_classes():
     core = core_with(run("b", "batch"), run("r", "research"))
-    core.report_demand(Demand("nightly", "batch", pending=5, at=0.0))
+    core.report_demand(Demand("nightly", "batch", pending=5, queued=4, oldest_s=2.0, at=0.0))
     assert actions(core.tick(2.0)) == [("yield", "r")]  # never the batch run: same class
     core2 = core_with(run("b", "batch"))
-    core2.report_demand(Demand("nightly", "batch", pending=1, at=0.0))
+    core2.report_demand(Demand("nightly", "batch", pending=1, queued=4, oldest_s=2.0, at=0.0))
     assert core2.tick(2.0) == [] and core2.tick(3.0) == []
     assert [e.action for e in core2.events].count("unmet") == 1  # said once per episode
 
 
 def test_lent_gpus_return_only_when_nothing_is_pending_or_borrowed_for_the_calm_time():
     core = core_with(run("r"))
-    core.report_demand(Demand("emergency", "emergency", pending=1, at=0.0))
+    core.report_demand(Demand("emergency", "emergency", pending=1, queued=4, oldest_s=2.0, at=0.0))
     assert actions(core.tick(1.0)) == [("yield", "r")]
     core.report_checkpoint("r", 40, "/ckpt/40")
     core.run_ended(2.0, "r")
@@ -84,7 +125,7 @@ def test_lent_gpus_return_only_when_nothing_is_pending_or_borrowed_for_the_calm_
 
 def test_stale_pushed_demand_is_ignored():
     core = core_with(run("r"))
-    core.report_demand(Demand("clinical", "clinical", pending=3, at=0.0))
+    core.report_demand(Demand("clinical", "clinical", pending=3, queued=4, oldest_s=2.0, at=0.0))
     assert core.tick(20.0) == []  # older than demand_ttl_s
 
 
@@ -121,7 +162,7 @@ def test_drain_reports_become_events_and_the_drained_set():
 def test_summary_formats_for_status():
     assert format_broker_summary(None) == "broker: not running"
     core = core_with(run("r"))
-    core.report_demand(Demand("emergency", "emergency", pending=1, at=0.0))
+    core.report_demand(Demand("emergency", "emergency", pending=1, queued=4, oldest_s=2.0, at=0.0))
     core.tick(1.0)
     text = format_broker_summary(core.summary(1.0))
     assert text.splitlines()[0].startswith("broker: LENDING")
@@ -243,7 +284,7 @@ def test_pushed_demand_borrows_research_gpus_and_gives_them_back(broker, tmp_pat
     replica = Holder.options(**place(REPLICA).ray_options()).remote()
     ready, _ = ray.wait([replica.node_type.remote()], timeout=1)
     assert not ready, "research did not hold the GPU"
-    report_demand("emergency", priority="emergency", pending=1)
+    report_demand("emergency", priority="emergency", pending=1, queued=3, oldest_s=2.0)
     assert ray.get(replica.node_type.remote(), timeout=60) == "train-h100"
     wait_for(lambda: run_state("study-a")["state"] == "yielded", what="the run to be yielded")
     yielded_at = [r for r in read_log(log) if r["event"] == "yield"][0]["step"]
@@ -283,13 +324,21 @@ def test_a_pending_serve_replica_borrows_research_gpus(broker, tmp_path):
     serve.start(proxy_location="Disabled")
     try:
         watch_serve("emergency", app="broker-test", deployment="Replica", priority="emergency")
+        # A pending replica alone is a deployment starting: without a queue the broker lends nothing.
+        serve._run(Replica.bind(), name="broker-test", route_prefix=None, _blocking=False)
+        wait_for(lambda: [d for d in broker_summary()["lanes"] if d["pending"] == 1],
+                 what="the lane to show its unplaced replica")
+        time.sleep(LIVE_POLICY.pressure_grace_s + 1.0)
+        assert run_state("study-b")["state"] == "running"
+        # A front door reports requests waiting 2 s in the lane: now it is starvation.
+        broker.report_queue.remote("emergency", "test-front-door", 3, 2.0)
         # serve.run returns once the replica runs, which it can only do on the research GPU.
         handle = serve.run(Replica.bind(), name="broker-test", route_prefix=None)
         assert handle.remote().result(timeout_s=30) == "train-h100"
         assert run_state("study-b")["state"] in ("yielding", "yielded")
         lane = wait_for(lambda: [d for d in broker_summary()["lanes"] if d["borrowed"] == 1],
                         what="the lane to show its borrowed replica")[0]
-        assert (lane["lane"], lane["source"], lane["pending"]) == ("emergency", "serve", 0)
+        assert (lane["lane"], lane["source"], lane["pending"], lane["queued"]) == ("emergency", "serve", 0, 3)
         serve.delete("broker-test")
         resumed = wait_for(lambda: starts(log)[1:], what="research to resume")[0]
         yielded_at = [r for r in read_log(log) if r["event"] == "yield"][0]["step"]

@@ -36,7 +36,7 @@ def test_a_stopped_run_is_asked_to_yield_and_never_resumed():
 def test_stopping_a_yielded_run_keeps_it_from_coming_back():
     core = BrokerCore(POLICY)
     core.add_run(run("r"))
-    core.report_demand(Demand("emergency", "emergency", pending=1, at=0.0))
+    core.report_demand(Demand("emergency", "emergency", pending=1, queued=4, oldest_s=2.0, at=0.0))
     assert [d.action for d in core.tick(1.0)] == ["yield"]
     core.run_ended(2.0, "r")
     assert core.stop_run(3.0, "r") is False and core.runs["r"].state == "stopped"

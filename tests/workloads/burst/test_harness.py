@@ -160,3 +160,16 @@ def test_the_table_names_the_p99_goal_only_when_the_static_partition_ran():
     assert "static partition's" not in alone and "broker / static partition" not in alone
     both = format_table([phase("static", False), phase("burst", True)], BurstPlan())
     assert "p99 below the static partition's" in both and "broker / static partition: 1.00" in both
+
+
+def test_the_burst_episode_takes_only_events_of_the_measured_burst():
+    from workloads.burst.harness import burst_episode
+
+    events = [{"t": t, "action": a} for t, a in [
+        (-49.0, "lend"), (-40.0, "yielded"), (-12.0, "return"),  # start-up noise before the burst
+        (3.5, "lend"), (6.0, "yielded"), (30.0, "return")]]
+    assert burst_episode(events, burst_start=0.0) == (3.5, 6.0, 30.0)
+    # A lend, but no yield done yet: no episode; a yield done, no return yet: no return time.
+    assert burst_episode(events[:4], 0.0) is None
+    assert burst_episode(events[:5], 0.0) == (3.5, 6.0, None)
+    assert burst_episode(events[:3], 0.0) is None
