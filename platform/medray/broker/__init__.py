@@ -20,8 +20,8 @@ classes, highest first: ``emergency`` > ``clinical`` > ``batch`` > ``research``.
 * **Stopping** (:func:`medray.broker.actor.stop_run`, and :func:`medray.broker.actor.stop_broker` for every run): a yield that is never
   resumed. Runs should end this way: a killed Ray Train run leaves its placement group (its GPUs)
   behind until Train's cleaner sees the controller dead, which needs Ray's State API (a dashboard).
-* **Drains**: GPU guards (:mod:`medray.cluster.guard`) report their nodes here; :mod:`medray.scheduling`
-  reads them through :func:`medray.broker.client.drained_nodes` to keep new GPU work off drained nodes.
+* **Drains**: GPU guards (:mod:`medray.cluster.guard`) drain their nodes through Ray and report them
+  here, where each drain becomes an event and the temperatures feed load-aware placement.
 
 Every decision is an event with a reason: kept in a ring buffer (:func:`medray.broker.client.broker_summary`), logged
 through :mod:`medray.logs` and counted in ``medray_broker_events_total{action}``.

@@ -157,8 +157,7 @@ class Broker:
             borrowed.set(float(d.borrowed), tags={"lane": d.lane})
 
     def _start(self, run: RunRecord) -> None:
-        # Drains passed in: asking this very actor through medray.scheduling would block its loop.
-        opts = place(run.profile, drained=frozenset(self._core.drained_nodes())).ray_options()
+        opts = place(run.profile).ray_options()
         self._tasks[run.run_id] = _run_task.options(max_retries=0, **opts).remote(
             run.entrypoint, run.config, run.run_id, run.checkpoint_path)
 
@@ -213,12 +212,6 @@ class Broker:
                           max_temperature_c: float | None) -> None:
         self._core.report_node(time.time(), node_id, node_type, drained=drained, reasons=reasons,
                                max_temperature_c=max_temperature_c)
-
-    async def forget_node(self, node_id: str) -> None:
-        self._core.forget_node(time.time(), node_id)
-
-    async def drained_nodes(self) -> list[str]:
-        return self._core.drained_nodes()
 
     async def node_health(self) -> dict[str, dict[str, Any]]:
         return self._core.node_health()

@@ -1,6 +1,6 @@
 """Calls to the running broker from any process: demand, watched lanes, drained nodes, the summary.
 
-Imports nothing from :mod:`medray.scheduling`, which reads drained nodes through it.
+Imports nothing from :mod:`medray.scheduling`, which reads the guards' temperatures through it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ __all__ = [
     "NAMESPACE",
     "get_broker",
     "require_broker",
-    "drained_nodes",
     "node_health",
     "report_demand",
     "report_queues",
@@ -50,12 +49,6 @@ def require_broker() -> Any:
     if broker is None:
         raise MedrayError("no medray broker is running: start one with medray.broker.actor.start_broker()")
     return broker
-
-
-def drained_nodes(*, timeout_s: float = 5.0) -> list[str]:
-    """Node ids that GPU guards have drained, as the running broker knows them (none: no broker)."""
-    broker = get_broker()
-    return ray.get(broker.drained_nodes.remote(), timeout=timeout_s) if broker is not None else []
 
 
 def node_health(*, timeout_s: float = 10.0) -> dict[str, dict[str, Any]]:

@@ -212,20 +212,14 @@ class BrokerCore:
 
     def report_node(self, now: float, node_id: str, node_type: str, *, drained: bool,
                     reasons: Sequence[str], max_temperature_c: float | None) -> None:
+        """A GPU guard's reading of its node; its first drained report becomes a ``drain`` event."""
         old = self.nodes.get(node_id)
         if old is None or old.drained != drained:
             self.nodes[node_id] = _Node(node_type, drained, tuple(reasons), max_temperature_c, now)
             if drained:
                 self.event(now, "drain", node_type, f"node {node_id[:8]}: {', '.join(reasons)}")
-            elif old is not None:
-                self.event(now, "undrain", node_type, f"node {node_id[:8]} recovered")
         else:
             old.reasons, old.max_temperature_c = tuple(reasons), max_temperature_c
-
-    def forget_node(self, now: float, node_id: str) -> None:
-        node = self.nodes.pop(node_id, None)
-        if node is not None and node.drained:
-            self.event(now, "undrain", node.node_type, f"node {node_id[:8]}: guard stopped")
 
     # Decisions ------------------------------------------------------------------------------
 
@@ -244,7 +238,8 @@ class BrokerCore:
             del self._starving_since[lane]
         starved = sorted(
             (d for d in fresh
-             if d.lane in self._starving_since and now - self._starving_since[d.lane] >= self.policy.pressure_grace_s),
+             if d.lane in self._starving_since
+             and now - self._starving_since[d.lane] >= self.policy.pressure_grace_s),
             key=lambda d: priority_rank(d.priority),
         )
         if starved:
@@ -301,9 +296,6 @@ class BrokerCore:
         return decisions
 
     # Views ----------------------------------------------------------------------------------
-
-    def drained_nodes(self) -> list[str]:
-        return sorted(node_id for node_id, n in self.nodes.items() if n.drained)
 
     def node_health(self) -> dict[str, dict[str, Any]]:
         return {node_id: {"node_type": n.node_type, "drained": n.drained, "reasons": list(n.reasons),

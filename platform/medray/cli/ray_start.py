@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the node type's ``ray start`` command line, with token auth on."""
     import shlex
 
+    from medray.cluster.kuberay import GUARDS_COMMAND
     from medray.cluster.local import full_node_spec, ray_start_command
     from medray.cluster.node_types import load_node_types
 
@@ -32,4 +33,6 @@ def run(args: argparse.Namespace) -> int:
     spec = full_node_spec(types[args.node_type])
     cmd = ray_start_command(spec, head_address=None if spec.is_head else args.address)
     print("RAY_AUTH_MODE=token " + shlex.join(cmd))
+    if spec.is_head:  # then the GPU guards, which start with the cluster
+        print(f"RAY_AUTH_MODE=token {GUARDS_COMMAND}")
     return 0

@@ -11,10 +11,12 @@ from typing import Any
 
 from medray.cluster.node_types import SITE_LABEL, NodeType, node_types_from_config
 
-__all__ = ["AUTH_SECRET", "GPU_PRODUCTS", "raycluster_manifest"]
+__all__ = ["AUTH_SECRET", "GPU_PRODUCTS", "GUARDS_COMMAND", "raycluster_manifest"]
 
 # Secret holding the Ray auth token: kubectl create secret generic medray-ray-auth --from-literal=token=…
 AUTH_SECRET = "medray-ray-auth"
+# What the head runs once Ray is up: the GPU guards' keeper (medray.cluster.guard).
+GUARDS_COMMAND = "python -m medray guards --address 127.0.0.1:6379"
 
 # NVIDIA GPU feature discovery's `nvidia.com/gpu.product` label per accelerator.
 GPU_PRODUCTS = {
@@ -82,6 +84,10 @@ def raycluster_manifest(
     head = next(t for t in types if t.is_head)
     head_group = _group(head, "ray-head", ray_version)
     head_group["rayStartParams"] = {"dashboard-host": "0.0.0.0", "num-cpus": "0"}
+    # The GPU guards start with the cluster: once the head's Ray answers, its keeper gives every GPU
+    # node a guard (the image must carry medray, as cluster.yaml's setup_commands install it).
+    head_group["template"]["spec"]["containers"][0]["lifecycle"] = {"postStart": {"exec": {"command": [
+        "/bin/sh", "-c", f"until ray health-check >/dev/null 2>&1; do sleep 2; done; {GUARDS_COMMAND}"]}}}
     workers = [
         {
             "groupName": _k8s_name(t.name),

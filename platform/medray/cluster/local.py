@@ -198,6 +198,9 @@ def local_cluster(
     try:
         if connect:
             ray.init(address=cluster.address, log_to_driver=log_to_driver)
+            from medray.cluster.guard import start_guards
+
+            start_guards()  # as on every medray cluster: a guard on each GPU node
         yield cluster
     finally:
         cluster.shutdown()
@@ -245,6 +248,9 @@ def up(config: str | Path | None = None, *, timeout_s: float = 300, **scale: Any
             _run_ray_start(ray_start_command(spec, head_address=address), cluster_id)
         _wait_for_nodes(address, len(specs), deadline)
         _wait_for_job_api(cluster_id, deadline)
+        # The GPU guards start with the cluster, as the head's start command does on a real one.
+        subprocess.run([sys.executable, "-m", "medray", "guards", "--address", address], env=_ray_env(cluster_id),
+                       check=True, capture_output=True, timeout=max(10.0, deadline - time.monotonic()))
     except BaseException:
         _stop_marked(cluster_id)  # never leave half a cluster behind
         raise

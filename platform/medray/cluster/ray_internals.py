@@ -14,6 +14,8 @@ __all__ = [
     "FAKE_PROVIDER_MODULE",
     "actors",
     "available_resources_per_node",
+    "drain_node",
+    "draining_nodes",
     "fake_head_node_id",
     "logs_dir",
     "validate_cluster_config",
@@ -45,6 +47,44 @@ def available_resources_per_node() -> dict[str, dict[str, float]]:
     from ray._private.state import available_resources_per_node as _free
 
     return _free()
+
+
+def drain_node(node_id: str, message: str, *, deadline_s: float | None = None) -> bool:
+    """Ask Ray to drain a node: no new task, actor or placement-group bundle lands there, Serve moves
+    its replicas elsewhere (starting each replacement before it stops the old one), and Ray stops the
+    node once it is idle. Returns whether Ray accepted (preemption drains
+    always are). Ray has no undrain: the node comes back as a new node (the autoscaler's, or a
+    ``ray start`` again).
+
+    ``deadline_s``: seconds until the node is force-stopped by whoever runs it (a hint to Serve and
+    Train; None: no deadline). Reason ``DRAIN_NODE_REASON_PREEMPTION``, the autoscaler's own for
+    nodes that must go whether busy or not.
+
+    Why private: the GCS ``DrainNode`` call is what Ray's autoscaler v2 and the hidden ``ray
+    drain-node`` command use (``ray._raylet.GcsClient.drain_node``); Ray 2.60 has no public API for it.
+    """
+    import time
+
+    import ray
+    from ray._raylet import GcsClient
+    from ray.core.generated import autoscaler_pb2
+
+    deadline_ms = 0 if deadline_s is None else int((time.time() + deadline_s) * 1000)
+    client = GcsClient(address=ray.get_runtime_context().gcs_address)
+    reason = autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION")
+    accepted, _ = client.drain_node(node_id, reason, message, deadline_ms)
+    return bool(accepted)
+
+
+def draining_nodes() -> dict[str, int]:
+    """Node ids Ray is draining -> the drain's deadline in ms since the epoch (0: none).
+
+    Why private: Serve's and Ray Data's own views of draining nodes read this same GCS call
+    (``ray._private.state.state.get_draining_nodes``); no public API returns it.
+    """
+    from ray._private.state import state
+
+    return dict(state.get_draining_nodes())
 
 
 def fake_head_node_id() -> str:

@@ -34,12 +34,16 @@ def node_rows(*, gpu_timeout_s: float = 20.0) -> list[dict[str, Any]]:
     """
     import ray
 
+    from medray.cluster import ray_internals
+
     probe = ray.remote(num_cpus=0, max_retries=0)(_gpu_readings_on_node)
     nodes = ray.nodes()
+    draining = ray_internals.draining_nodes()
+    # A draining node takes no new task, the probe included: its row says drained instead.
     pending = {
         n["NodeID"]: probe.options(label_selector={_NODE_ID_LABEL: n["NodeID"]}).remote()
         for n in nodes
-        if n["Alive"]
+        if n["Alive"] and n["NodeID"] not in draining
     }
     readings: dict[str, list[dict[str, Any]] | None] = {}
     ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=gpu_timeout_s)
@@ -60,6 +64,8 @@ def node_rows(*, gpu_timeout_s: float = 20.0) -> list[dict[str, Any]]:
         gpus = readings.get(n["NodeID"])
         if not n["Alive"]:
             health = "node dead"
+        elif n["NodeID"] in draining:
+            health = "draining (takes no new work; leaves once idle)"
         elif gpus is None:
             health = "unknown (node did not answer)"
         elif not gpus and labels.get(SIMULATED_GPU_LABEL) == "true":
@@ -84,7 +90,7 @@ def node_rows(*, gpu_timeout_s: float = 20.0) -> list[dict[str, Any]]:
                 "address": n.get("NodeManagerAddress"),
                 "gpus": gpus or [],
                 "gpu_health": health,
-                "drained": bool(drain.get("drained")),
+                "drained": bool(drain.get("drained")) or n["NodeID"] in draining,
             }
         )
     role_order = {r: i for i, r in enumerate(ROLES)}

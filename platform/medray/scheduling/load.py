@@ -1,7 +1,8 @@
 """What the running cluster says about placement: nodes' free capacity, GPU temperatures, drained nodes.
 
-Free CPU/GPU come from Ray; temperatures and drains from the GPU guards' reports to the broker,
-read through :mod:`medray.broker.client`. Ray is imported only when a function is called.
+Free CPU/GPU and drained nodes come from Ray (the GPU guards drain through Ray's own node
+draining); temperatures from the guards' reports to the broker, read through
+:mod:`medray.broker.client`. Ray is imported only when a function is called.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 
 from medray.cluster.node_types import NODE_TYPE_LABEL
 from medray.errors import PlacementError
-from medray.logs import get_logger
 from medray.scheduling.placement import LoadSnapshot, NodeLoad, Placement
 
 __all__ = [
@@ -26,15 +26,14 @@ __all__ = [
 
 DRAIN_CACHE_S = 1.0
 
-_log = get_logger("medray.scheduling")
 _drain_cache: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
 
 
 def drained_nodes() -> frozenset[str]:
-    """Node ids that GPU guards have drained, as the running broker knows them.
+    """Node ids Ray is draining right now (GPU guards drain through Ray: :mod:`medray.cluster.guard`).
 
-    Empty when this process is not connected to Ray or no broker runs. Cached for
-    :data:`DRAIN_CACHE_S` so that placing many tasks costs at most one broker call a second.
+    Empty when this process is not connected to Ray. Cached for :data:`DRAIN_CACHE_S` so that
+    placing many tasks costs at most one GCS call a second.
     """
     global _drain_cache
     if "ray" not in sys.modules:  # a process that never imported Ray is connected to no cluster
@@ -46,14 +45,9 @@ def drained_nodes() -> frozenset[str]:
     now = time.monotonic()
     if now - _drain_cache[0] < DRAIN_CACHE_S:
         return _drain_cache[1]
-    from medray.broker import client
+    from medray.cluster import ray_internals
 
-    drained: frozenset[str] = frozenset()
-    try:
-        drained = frozenset(client.drained_nodes(timeout_s=5))
-    except ray.exceptions.RayError:
-        # Fail open: a broker that does not answer must not stop all placement.
-        _log.warning("the broker did not answer; placing without drain exclusions")
+    drained = frozenset(ray_internals.draining_nodes())
     _drain_cache = (now, drained)
     return drained
 
@@ -61,7 +55,7 @@ def drained_nodes() -> frozenset[str]:
 def cluster_load(*, warm_temperature_c: float = 80.0) -> LoadSnapshot:
     """A :class:`~medray.scheduling.placement.LoadSnapshot` of the connected cluster.
 
-    Free CPU/GPU per node come from Ray; GPU temperatures and drains from the GPU guards' reports
+    Free CPU/GPU per node and drains come from Ray; GPU temperatures from the GPU guards' reports
     to the broker (none without a broker).
     """
     import ray
@@ -71,6 +65,7 @@ def cluster_load(*, warm_temperature_c: float = 80.0) -> LoadSnapshot:
 
     health = client.node_health()
     free = ray_internals.available_resources_per_node()
+    draining = ray_internals.draining_nodes()
     nodes = []
     for n in ray.nodes():
         if not n["Alive"]:
@@ -85,7 +80,7 @@ def cluster_load(*, warm_temperature_c: float = 80.0) -> LoadSnapshot:
             total_cpus=total.get("CPU", 0.0),
             total_gpus=total.get("GPU", 0.0),
             gpu_temperature_c=reported.get("max_temperature_c"),
-            drained=bool(reported.get("drained", False)),
+            drained=node_id in draining,
         ))
     return LoadSnapshot(nodes=tuple(nodes), warm_temperature_c=warm_temperature_c)
 

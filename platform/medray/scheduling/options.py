@@ -21,8 +21,9 @@ def place(
 ) -> Placement:
     """:func:`~medray.scheduling.placement.plan`, keeping GPU work off the nodes drained right now.
 
-    ``drained``: node ids to exclude; by default the load snapshot's drained nodes, else those the
-    running broker knows (:func:`~medray.scheduling.load.drained_nodes`; none without Ray or a broker).
+    ``drained``: node ids to exclude; by default the load snapshot's drained nodes, else those Ray is
+    draining (:func:`~medray.scheduling.load.drained_nodes`; none without Ray). Ray's scheduler keeps
+    all work off a draining node by itself; the exclusion also keeps the selectors honest about it.
     """
     if drained is None and load is None and profile.num_gpus:
         drained = drained_nodes()

@@ -144,19 +144,16 @@ def test_run_endings_and_refusals():
         Demand("x", "clinical", pending=-1)
 
 
-def test_drain_reports_become_events_and_the_drained_set():
+def test_a_drain_report_becomes_one_event_and_shows_in_the_summary():
     core = BrokerCore(POLICY)
     core.report_node(1.0, "n" * 56, "infer-t4", drained=False, reasons=[], max_temperature_c=50.0)
     core.report_node(2.0, "n" * 56, "infer-t4", drained=True, reasons=["gpu0:temperature"],
                      max_temperature_c=91.0)
     core.report_node(3.0, "n" * 56, "infer-t4", drained=True, reasons=["gpu0:temperature"],
                      max_temperature_c=92.0)
-    assert core.drained_nodes() == ["n" * 56]
     assert core.node_health()["n" * 56]["max_temperature_c"] == 92.0
-    core.report_node(4.0, "n" * 56, "infer-t4", drained=False, reasons=[], max_temperature_c=60.0)
-    assert [(e.action, e.subject) for e in core.events] == [("drain", "infer-t4"),
-                                                           ("undrain", "infer-t4")]
-    assert core.drained_nodes() == []
+    assert [(e.action, e.subject) for e in core.events] == [("drain", "infer-t4")]
+    assert [d["node_id"] for d in core.summary(3.0)["drained"]] == ["n" * 56]
 
 
 def test_summary_formats_for_status():

@@ -10,7 +10,6 @@ import yaml
 
 from medray.cluster.node_types import node_types_from_config
 from medray.cluster.ray_internals import validate_cluster_config
-
 from tests.conftest import CLUSTER_YAML
 
 

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 from medray.cluster.local import full_node_spec, local_node_specs, ray_start_command
-
 from tests.conftest import CLUSTER_YAML
 
 
