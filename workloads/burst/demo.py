@@ -34,6 +34,11 @@ def stage(ctx: DemoContext, *, plan: BurstPlan = DEMO_PLAN) -> dict[str, Any]:
     png = plot_timeline([result], ctx.out / FIGURES_DIR / "burst-timeline.png", plan)
     (kit.work / "burst.json").write_text(json.dumps({"plan": asdict(plan), "phases": [result.to_dict()]}))
     m = result.metrics
+    # Each lend and give-back with its reason, as the broker recorded it.
+    decisions = [{"t_s": round(e["t"], 1), "action": e["action"], "subject": e["subject"], "reason": e["reason"]}
+                 for e in result.events if e["action"] in ("lend", "yielded", "resized", "return", "unmet")]
+    for d in decisions:
+        ctx.say(f"  {d['t_s']:+7.1f} s  {d['action']:8} {d['subject']}: {d['reason']}")
     return {
         "extra_replicas_serving_s": m["extra_replicas_serving_s"],
         "emergency_replicas_max": m["emergency_replicas_max"],
@@ -42,6 +47,8 @@ def stage(ctx: DemoContext, *, plan: BurstPlan = DEMO_PLAN) -> dict[str, Any]:
         "emergency_failed_during": m["emergency"]["during"]["failed"],
         "research_running_again_s": m.get("research_running_again_s"),
         "steps_redone": m.get("steps_redone"),
+        "lends_before_burst": m.get("lends_before_burst"),
+        "broker_decisions": decisions,
         "figures": [figure_entry(ctx.out, png, "The burst: emergency replicas by node type (top), latency "
                                                "(middle) and research steps (bottom); the burst is shaded")],
     }

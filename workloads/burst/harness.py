@@ -364,7 +364,9 @@ def run_phase(kit: Kit, plan: BurstPlan, *, broker: bool, name: str,
             samples.append(_sample(now, node_types))
             events = _events(t0)
             # Without lending research never stopped: the phase ends after_s after the burst.
-            resumed = _resumed(events, progress_log, t0, plan.before_s) if broker else plan.burst_end
+            # A quiet run (factor 1) has no burst to lend for: it ends after_s after its window.
+            lending = broker and plan.burst_factor > 1
+            resumed = _resumed(events, progress_log, t0, plan.before_s) if lending else plan.burst_end
             if resumed is not None and now >= max(plan.burst_end, resumed) + plan.after_s:
                 break
             if now >= plan.burst_end + plan.after_max_s:
@@ -428,7 +430,8 @@ def burst_episode(events: Sequence[Mapping[str, Any]],
     lent = next((e["t"] for e in events if e["action"] == "lend" and e["t"] >= burst_start), None)
     if lent is None:
         return None
-    yielded = next((e["t"] for e in events if e["action"] == "yielded" and e["t"] >= lent), None)
+    # A run that lent only some of its workers restarts on the rest ("resized") instead of "yielded".
+    yielded = next((e["t"] for e in events if e["action"] in ("yielded", "resized") and e["t"] >= lent), None)
     if yielded is None:
         return None
     returned = next((e["t"] for e in events if e["action"] == "return" and e["t"] >= yielded), None)
@@ -463,6 +466,7 @@ def _metrics(result: PhaseResult, plan: BurstPlan) -> dict[str, Any]:
     lends = [e["t"] for e in result.events if e["action"] == "lend"]
     # Lends before the burst answered no burst: counted, never taken as the burst's lend.
     metrics["lends_before_burst"] = sum(t < plan.before_s for t in lends)
+    metrics["lends"] = len(lends)
     episode = burst_episode(result.events, plan.before_s)
     placed = [s["t"] for s in result.samples if s["t"] >= plan.before_s
               and any(roles.get(t) == LEND_ROLE for t in s["emergency"]["by_type"])]

@@ -37,6 +37,7 @@ from medray.privacy.ps315 import DeidOptions
 from medray.privacy.pseudonym import ensure_key_file, load_key
 from workloads.preprocess.dicom import DicomOptions, Summary, preprocess_dicom
 from workloads.preprocess.emr import preprocess_emr
+from workloads.preprocess.runs import PREP_PROFILE, placement
 
 __all__ = ["MONTAGE_SERIES", "SAMPLE_SERIES", "stage"]
 
@@ -102,6 +103,9 @@ def stage(ctx: DemoContext) -> dict[str, Any]:
         "slices": dicom.slices,
         "quarantined": dicom.quarantined_files,
         "emr_rows": emr.rows_out,
+        # Where the work ran against where the policy puts it first (it spills only when that is full).
+        "placement": {"policy_first_choice": placement(PREP_PROFILE).node_type.name,
+                      "series_by_node_type": dict(sorted(dicom.node_types.items()))},
         "seconds": round(dicom.seconds + emr.seconds, 1),
         "volumes": str(out / "volumes"),
         "emr": str(out / "emr"),

@@ -17,7 +17,10 @@ from medray.demo import figures
 from medray.demo.report import FIGURES_DIR, figure_entry
 from medray.demo.runner import DemoContext
 from medray.errors import ConfigError
+from medray.scheduling.options import place
+from medray.scheduling.placement import WorkloadProfile
 from workloads.research.config import TrainConfig
+from workloads.research.placement import TRAIN_ROLES
 from workloads.research.train import TrainResult, train
 
 __all__ = ["DEMO_EPOCHS", "stage"]
@@ -66,6 +69,10 @@ def stage(ctx: DemoContext, *, data: str | Path | None = None, labels: str | Pat
         "train_patients": result.cohort["train_patients"],
         "val_patients": result.cohort["val_patients"],
         "worker_node_types": sorted({w["node_type"] for w in result.workers}),
+        # Where the worker ran against the policy's first choice (the cheapest training type with room).
+        "placement": {"policy_first_choice": place(WorkloadProfile(
+            roles=TRAIN_ROLES, num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)).node_type.name,
+            "workers_on": [w["node_type"] for w in result.workers]},
         "checkpoint": result.checkpoint,
         "figures": [_curves(ctx, result)],
     }

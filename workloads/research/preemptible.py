@@ -28,8 +28,10 @@ ENTRYPOINT = "workloads.research.preemptible:run"
 HEALTH_CHECK_ENV, HEALTH_CHECK_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
 
 
-def run(config: dict[str, Any], *, run_id: str, resume_from: str | None) -> dict[str, Any]:
-    """The broker's entrypoint: train ``config`` (a TrainConfig dict) as run ``run_id``.
+def run(config: dict[str, Any], *, run_id: str, resume_from: str | None,
+        workers: int | None = None) -> dict[str, Any]:
+    """The broker's entrypoint: train ``config`` (a TrainConfig dict) as run ``run_id``, on
+    ``workers`` workers when the broker resized it (the checkpoint is the same at any size).
 
     Returns ``{"yielded", "steps", "checkpoint", "ref"}``.
     """
@@ -40,12 +42,18 @@ def run(config: dict[str, Any], *, run_id: str, resume_from: str | None) -> dict
         run_id=run_id,
         run_name=f"{run_id}-{uuid.uuid4().hex[:6]}",
         resume_from=resume_from or config.get("resume_from"),
+        **({"workers": workers} if workers else {}),
     )
     result = train(cfg)
     return {"yielded": result.yielded, "steps": result.steps, "checkpoint": result.checkpoint,
             "ref": result.ref}
 
 
-def submit(run_id: str, config: TrainConfig, *, priority: str = "research") -> None:
-    """Start ``config`` as broker run ``run_id`` (a name without PHI: it appears in status and logs)."""
-    submit_run(run_id, ENTRYPOINT, config.to_dict(), priority=priority)
+def submit(run_id: str, config: TrainConfig, *, priority: str = "research", min_workers: int = 1) -> None:
+    """Start ``config`` as broker run ``run_id`` (a name without PHI: it appears in status and logs).
+
+    A run of several workers lends only what a burst needs, down to ``min_workers``.
+    """
+    most = config.workers if isinstance(config.workers, int) else config.workers[1]
+    submit_run(run_id, ENTRYPOINT, config.to_dict(), priority=priority,
+               workers=(min(min_workers, most), most))

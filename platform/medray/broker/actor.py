@@ -35,13 +35,16 @@ DRIVER_PROFILE = WorkloadProfile(roles=("coordinator", "prep"), num_cpus=0)
 _log = get_logger("medray.broker")
 
 
-def _run_entrypoint(entrypoint: str, config: dict[str, Any], run_id: str, resume_from: str | None) -> Any:
+def _run_entrypoint(entrypoint: str, config: dict[str, Any], run_id: str, resume_from: str | None,
+                    workers: int | None = None) -> Any:
     module, _, name = entrypoint.partition(":")
     fn = getattr(importlib.import_module(module), name)
     # Ray reuses worker processes: the answer "yield" cached for an earlier attempt of this run in
     # this process must not make the resumed attempt stop at its first step.
     _polls.pop(run_id, None)
     try:
+        if workers:
+            return fn(config, run_id=run_id, resume_from=resume_from, workers=workers)
         return fn(config, run_id=run_id, resume_from=resume_from)
     finally:
         _polls.pop(run_id, None)
@@ -125,7 +128,8 @@ class Broker:
                 error = None
             except Exception as e:  # the type only: a message could carry data from the run
                 error = type(getattr(e, "cause", None) or e).__name__
-            self._core.run_ended(now, run_id, error)
+            for decision in self._core.run_ended(now, run_id, error):  # a resized run starts again
+                self._start(self._core.runs[decision.run_id])
 
     def _poll_watches(self, now: float) -> None:
         for lane, (app, deployment, priority) in self._watches.items():
@@ -159,14 +163,16 @@ class Broker:
     def _start(self, run: RunRecord) -> None:
         opts = place(run.profile).ray_options()
         self._tasks[run.run_id] = _run_task.options(max_retries=0, **opts).remote(
-            run.entrypoint, run.config, run.run_id, run.checkpoint_path)
+            run.entrypoint, run.config, run.run_id, run.checkpoint_path, run.workers or None)
 
     # Runs -----------------------------------------------------------------------------------
 
     async def submit_run(self, run_id: str, entrypoint: str, config: dict[str, Any], priority: str,
-                         profile: WorkloadProfile) -> None:
+                         profile: WorkloadProfile, workers: tuple[int, int] | None = None) -> None:
+        low, high = workers or (1, 0)
         record = RunRecord(run_id=run_id, priority=priority, entrypoint=entrypoint, config=config,
-                           profile=profile, submitted_at=time.time())
+                           profile=profile, submitted_at=time.time(), workers=high, min_workers=low,
+                           max_workers=high)
         self._core.add_run(record)
         self._start(record)
 
@@ -274,6 +280,7 @@ def submit_run(
     *,
     priority: str = "research",
     profile: WorkloadProfile = DRIVER_PROFILE,
+    workers: tuple[int, int] | None = None,
 ) -> None:
     """Start a preemptible run through the broker.
 
@@ -281,8 +288,14 @@ def submit_run(
     ``function(config, run_id=run_id, resume_from=path_or_None)``. It polls :func:`yield_requested`,
     reports checkpoints with :func:`report_checkpoint`, and returns when asked to yield; the broker
     calls it again with ``resume_from`` set to the last checkpoint path it reported.
+
+    ``workers=(min, max)``: the run trains on up to ``max`` GPU workers and can restart on fewer, so
+    a burst takes only the workers it needs (down to ``min``) and the rest trains on; the function
+    is then also called with ``workers=n``, and grown back to ``max`` after the burst.
     """
     if ":" not in entrypoint:
         raise ConfigError(f"entrypoint {entrypoint!r} must be 'package.module:function'")
+    if workers is not None and not 1 <= workers[0] <= workers[1]:
+        raise ConfigError(f"workers must be (min, max) with 1 <= min <= max; got {workers}")
     ray.get(require_broker().submit_run.remote(run_id, entrypoint, dict(config or {}), priority,
-                                                profile))
+                                                profile, workers))

@@ -111,6 +111,17 @@ class RunRecord:
     checkpoint_step: int | None = None
     checkpoint_path: str | None = None
     submitted_at: float = 0.0
+    # A run of several GPU workers that can restart on fewer (``workers`` > 0): it gives back only
+    # what a burst needs, down to ``min_workers``, and grows back to ``max_workers`` after it.
+    workers: int = 0
+    min_workers: int = 1
+    max_workers: int = 0
+    target_workers: int | None = None
+
+    @property
+    def units(self) -> int:
+        """GPU workers it holds (1 for a run that cannot resize: it yields whole)."""
+        return self.workers or 1
 
     def to_dict(self) -> dict[str, Any]:
         """The record without its config (which may hold paths, never shown in status)."""
@@ -121,11 +132,13 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class Decision:
-    """What the broker actor must carry out: ``yield`` (ask a run to stop) or ``resume`` (start it again)."""
+    """What the broker actor must carry out: ``yield`` (ask a run to stop) or ``resume`` (start it
+    again, on ``workers`` workers when set)."""
 
     action: str
     run_id: str
     reason: str
+    workers: int | None = None
 
 
 @dataclass
@@ -196,12 +209,23 @@ class BrokerCore:
     def report_demand(self, demand: Demand) -> None:
         self.demands[demand.lane] = demand
 
-    def run_ended(self, now: float, run_id: str, error: str | None = None) -> None:
-        """A run's task returned (``error``: the exception's type name when it raised)."""
+    def run_ended(self, now: float, run_id: str, error: str | None = None) -> list[Decision]:
+        """A run's task returned (``error``: the exception's type name when it raised).
+
+        A run that yielded to change size starts again at once on its target workers: the returned
+        decision says so.
+        """
         run = self.runs[run_id]
         if error is not None:
             run.state = "failed"
             self.event(now, "failed", run_id, f"raised {error}")
+        elif run.state == "yielding" and run.target_workers:
+            at = f"step {run.checkpoint_step}" if run.checkpoint_step is not None else "the start"
+            reason = f"from {run.workers} to {run.target_workers} workers, resume from {at}"
+            run.workers, run.target_workers = run.target_workers, None
+            run.state, run.attempt = "running", run.attempt + 1
+            self.event(now, "resized", run_id, reason)
+            return [Decision("resume", run_id, reason, workers=run.workers)]
         elif run.state in ("yielding", "stopping"):
             run.state = "yielded" if run.state == "yielding" else "stopped"
             at = f"step {run.checkpoint_step}" if run.checkpoint_step is not None else "no checkpoint"
@@ -209,6 +233,7 @@ class BrokerCore:
         else:
             run.state = "finished"
             self.event(now, "finished", run_id, "entrypoint returned")
+        return []
 
     def report_node(self, now: float, node_id: str, node_type: str, *, drained: bool,
                     reasons: Sequence[str], max_temperature_c: float | None) -> None:
@@ -250,8 +275,9 @@ class BrokerCore:
 
     def _lend(self, now: float, starved: list[Demand]) -> list[Decision]:
         top = starved[0]
-        yielding = sum(r.state == "yielding" for r in self.runs.values())
-        need = sum(d.pending for d in starved) - yielding
+        releasing = sum((r.workers - r.target_workers) if r.target_workers else r.units
+                        for r in self.runs.values() if r.state == "yielding")
+        need = sum(d.pending for d in starved) - releasing
         victims = sorted(
             (r for r in self.runs.values()
              if r.state == "running" and priority_rank(r.priority) > priority_rank(top.priority)),
@@ -261,11 +287,21 @@ class BrokerCore:
         reason = (f"lane {top.lane} ({top.priority}): {top.pending} replicas unplaced and {top.queued} "
                   f"requests queued, the oldest {top.oldest_s:.1f}s, for {waited:.1f}s")
         decisions = []
-        for run in victims[:max(need, 0)]:
+        for run in victims:
+            if need <= 0:
+                break
             run.state = "yielding"
             run.yields += 1
-            self.event(now, "lend", run.run_id, reason)
-            decisions.append(Decision("yield", run.run_id, reason))
+            if run.workers and run.workers - need >= run.min_workers:
+                # Proportional: give back what the burst needs, train on in the rest.
+                run.target_workers = run.workers - need
+                lent = f"{reason}; lends {need} of its {run.workers} workers"
+                need = 0
+            else:
+                lent = f"{reason}; lends all {run.units} of its workers" if run.workers else reason
+                need -= run.units
+            self.event(now, "lend", run.run_id, lent)
+            decisions.append(Decision("yield", run.run_id, lent))
         if need > 0 and not victims and top.lane not in self._unmet_lanes:
             self._unmet_lanes.add(top.lane)
             self.event(now, "unmet", top.lane, reason + ", and no lower-priority run holds GPUs")
@@ -273,11 +309,12 @@ class BrokerCore:
 
     def _give_back(self, now: float, fresh: list[Demand]) -> list[Decision]:
         yielded = [r for r in self.runs.values() if r.state == "yielded"]
+        shrunk = [r for r in self.runs.values() if r.state == "running" and r.workers < r.max_workers]
         busy = [d for d in fresh if d.pending or d.borrowed]
         # The calm timer starts once every asked run has released its GPUs: a lane is only back on
         # its own nodes when the lent ones were free to take.
         yielding = any(r.state == "yielding" for r in self.runs.values())
-        if busy or yielding or not yielded:
+        if busy or yielding or not (yielded or shrunk):
             self._calm_since = None
             return []
         if self._calm_since is None:
@@ -286,13 +323,21 @@ class BrokerCore:
         if calm_for < self.policy.calm_s:
             return []
         decisions = []
+        calm = f"no lane pending or on lent nodes for {calm_for:.1f}s"
         for run in yielded:
             run.state = "running"
             run.attempt += 1
+            run.workers = run.max_workers
             start = f"step {run.checkpoint_step}" if run.checkpoint_step is not None else "the start"
-            reason = f"no lane pending or on lent nodes for {calm_for:.1f}s; resume from {start}"
+            reason = f"{calm}; resume from {start}"
             self.event(now, "return", run.run_id, reason)
-            decisions.append(Decision("resume", run.run_id, reason))
+            decisions.append(Decision("resume", run.run_id, reason, workers=run.workers or None))
+        for run in shrunk:
+            # Growing back is a restart from the next checkpoint on all its workers.
+            run.state, run.target_workers = "yielding", run.max_workers
+            reason = f"{calm}; grow back from {run.workers} to {run.max_workers} workers"
+            self.event(now, "return", run.run_id, reason)
+            decisions.append(Decision("yield", run.run_id, reason))
         return decisions
 
     # Views ----------------------------------------------------------------------------------

@@ -94,6 +94,45 @@ def test_the_calm_timer_starts_only_when_the_yield_has_completed():
     assert actions(core.tick(26.5)) == [("resume", "r")]
 
 
+def scalable(run_id, workers=4, min_workers=1, at=0.0):
+    record = run(run_id, at=at)
+    record.workers = record.max_workers = workers
+    record.min_workers = min_workers
+    return record
+
+
+def test_a_run_of_several_workers_lends_only_what_the_burst_needs_and_grows_back():
+    core = core_with(scalable("big", workers=4))
+    core.report_demand(Demand("emergency", "emergency", pending=1, queued=4, oldest_s=2.0, at=0.0))
+    [lend] = core.tick(1.0)
+    assert (lend.action, lend.run_id) == ("yield", "big") and "lends 1 of its 4 workers" in lend.reason
+    assert core.tick(1.2) == []  # the one GPU on its way counts against the need
+    core.report_checkpoint("big", 30, "/ckpt/30")
+    [resume] = core.run_ended(2.0, "big")
+    assert (resume.action, resume.workers) == ("resume", 3)  # trains on at once, on 3 workers
+    run_ = core.runs["big"]
+    assert (run_.state, run_.workers, run_.attempt) == ("running", 3, 2)
+    # Calm again: the run grows back to 4 workers by a restart from its next checkpoint.
+    core.report_demand(Demand("emergency", "emergency", pending=0, at=3.0))
+    assert core.tick(3.0) == []
+    [grow] = core.tick(8.5)
+    assert (grow.action, grow.run_id) == ("yield", "big") and "grow back from 3 to 4" in grow.reason
+    [resume] = core.run_ended(9.0, "big")
+    assert resume.workers == 4 and core.runs["big"].workers == 4
+    assert [e.action for e in core.events if e.subject == "big"] == [
+        "submit", "lend", "resized", "return", "resized"]
+
+
+def test_a_burst_that_needs_more_than_a_run_can_spare_takes_it_whole():
+    core = core_with(scalable("big", workers=2, min_workers=2), scalable("small", workers=2, at=1.0))
+    core.report_demand(Demand("emergency", "emergency", pending=3, queued=4, oldest_s=2.0, at=0.0))
+    decisions = core.tick(1.0)
+    # Newest first: "small" gives both its workers (3 > 2 - 1), then "big" (min 2) all of its.
+    assert actions(decisions) == [("yield", "small"), ("yield", "big")]
+    assert "lends all 2 of its workers" in decisions[0].reason
+    assert core.run_ended(2.0, "small") == [] and core.runs["small"].state == "yielded"
+
+
 def test_a_lane_only_preempts_lower_classes():
     core = core_with(run("b", "batch"), run("r", "research"))
     core.report_demand(Demand("nightly", "batch", pending=5, queued=4, oldest_s=2.0, at=0.0))

@@ -144,6 +144,10 @@ def test_a_tripped_guard_drains_its_node_live_and_serve_moves_its_replica_first(
         def __call__(self):
             return ray.get_runtime_context().get_node_id()
 
+    # No proxy, and Serve shut down after if this test started it: a Serve left running would keep
+    # its HTTP options and other tests' `serve_local` ports would never be served.
+    serve_was_running = _serve_running()
+    serve.start(proxy_location="Disabled")
     handle = serve.run(Where.bind(), name="drain-test", route_prefix=None)
     try:
         wait_for(lambda: spare in {handle.remote().result(timeout_s=30) for _ in range(20)},
@@ -195,7 +199,17 @@ def test_a_tripped_guard_drains_its_node_live_and_serve_moves_its_replica_first(
         assert not drain or "gpu0:temperature" in drain[-1]["reason"]
     finally:
         serve.delete("drain-test")
+        if not serve_was_running:
+            serve.shutdown()
         ray_cluster.remove_node(added)  # what the autoscaler does with a drained node
+
+
+def _serve_running():
+    try:
+        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+    except ValueError:
+        return False
+    return True
 
 
 def test_guard_readings_reach_the_prometheus_endpoint(ray_cluster):

@@ -8,7 +8,6 @@ from medray.cluster.node_types import (
     node_types_from_config,
 )
 from medray.errors import ConfigError
-
 from tests.conftest import CLUSTER_YAML
 
 
