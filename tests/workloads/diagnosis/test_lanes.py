@@ -14,21 +14,24 @@ def node_types_of(selector):
     return value.removeprefix("in(").removesuffix(")").split(",")
 
 
-def test_a_lane_prefers_all_its_inference_nodes_and_borrows_training_nodes_last(node_types):
+def test_a_lane_takes_the_cheapest_inference_type_first_and_borrows_training_nodes_last(node_types):
     roles = {t.name: t.role for t in node_types}
     options = lane_options(LaneConfig(num_gpus=0.5, gpu_memory_gb=2))
-    # All inference types form the primary selector: Serve stops replicas outside it first when
-    # it scales down, so replicas on lent training nodes are the first to go.
-    assert {roles[t] for t in node_types_of(options["label_selector"])} == {"infer"}
-    assert len(node_types_of(options["label_selector"])) == sum(r == "infer" for r in roles.values())
-    fallbacks = [node_types_of(f["label_selector"]) for f in options["fallback_strategy"]]
-    assert all(len(f) == 1 and roles[f[0]] == "train" for f in fallbacks) and fallbacks
+    # Cost order: the cheapest inference type, then the other inference types, then the training
+    # types in price order (the GPUs the broker lends). Serve stops replicas outside the primary
+    # selector first when it scales down, the newest (the borrowed ones) first.
+    assert node_types_of(options["label_selector"]) == ["infer-t4"]
+    fallbacks = [t for f in options["fallback_strategy"] for t in node_types_of(f["label_selector"])]
+    assert fallbacks == ["infer-l4", "train-a100", "train-h100"]
+    assert [roles[t] for t in fallbacks] == ["infer", "train", "train"]
     assert (options["num_gpus"], options["num_cpus"]) == (0.5, 1.0)
 
 
-def test_a_static_partition_never_leaves_the_inference_nodes():
+def test_a_static_partition_never_leaves_the_inference_nodes(node_types):
+    roles = {t.name: t.role for t in node_types}
     options = lane_options(LaneConfig(roles=("infer",)))
-    assert "fallback_strategy" not in options
+    fallbacks = [t for f in options.get("fallback_strategy", []) for t in node_types_of(f["label_selector"])]
+    assert {roles[t] for t in [*node_types_of(options["label_selector"]), *fallbacks]} == {"infer"}
 
 
 @pytest.mark.parametrize("roles, message", [

@@ -81,12 +81,10 @@ def test_replicas_are_placed_on_inference_nodes_with_training_nodes_as_fallback(
     options = deployment_options(DiagnosisArgs.model_validate(PATHS))
     for name in ("ingress", "emergency"):
         opts = options[name]["ray_actor_options"]
-        # The primary selector holds every inference node type at once ("in(a,b)"), so that
-        # Serve scales down replicas on lent training nodes first.
-        primary = opts["label_selector"]["medray.io/node-type"].removeprefix("in(").removesuffix(")").split(",")
-        first = {roles[t] for t in primary}
+        # The cheapest inference type first, then the others in cost order, training nodes last.
+        assert opts["label_selector"]["medray.io/node-type"] == "infer-t4"
         fallbacks = [roles[f["label_selector"]["medray.io/node-type"]] for f in opts["fallback_strategy"]]
-        assert first == {"infer"} and set(fallbacks) == {"train"}
+        assert fallbacks == ["infer", "train", "train"]
     assert options["ingress"]["ray_actor_options"]["num_gpus"] == 0.25
     # Serve admits more than the routine limit, so that emergencies never queue in the proxy.
     assert options["ingress"]["max_ongoing_requests"] > 32 + 128

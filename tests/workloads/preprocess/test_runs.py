@@ -54,8 +54,26 @@ def _node_types_of_tasks(concurrency: int, tasks: int) -> list[str]:
     return sorted(row["node_type"] for row in ds.take_all())
 
 
+def _prep_cpus_free(timeout_s: float = 60.0) -> None:
+    """Wait until no earlier work (a lingering worker lease, another test's actor) holds a prep CPU."""
+    import time
+
+    import ray
+
+    from medray.cluster import ray_internals
+
+    prep = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Labels"].get("medray.io/role") == "prep"}
+    totals = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] in prep}
+    deadline = time.monotonic() + timeout_s
+    while any(ray_internals.available_resources_per_node().get(n, {}).get("CPU", 0) < totals[n] for n in prep):
+        assert time.monotonic() < deadline, "prep CPUs still held by earlier work"
+        time.sleep(0.2)
+
+
 def test_pipeline_tasks_fill_the_preferred_prep_type_and_spill_only_when_it_is_full(ray_cluster) -> None:
+    _prep_cpus_free()
     # cpu-prep (NVMe, as the profile asks) has 2 CPUs in the local cluster, bulk-prep 2 more.
     assert _node_types_of_tasks(2, 4) == ["cpu-prep"] * 4
+    _prep_cpus_free()
     spilled = _node_types_of_tasks(4, 8)
     assert "bulk-prep" in spilled and spilled.count("cpu-prep") >= spilled.count("bulk-prep")
