@@ -27,3 +27,14 @@ def ray_cluster() -> Iterator[object]:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     with local_cluster(CLUSTER_YAML) as cluster:
         yield cluster
+
+
+def serve_running() -> bool:
+    """Whether Serve runs in the connected cluster (a test that starts it shuts it down after)."""
+    import ray
+
+    try:
+        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+    except ValueError:
+        return False
+    return True

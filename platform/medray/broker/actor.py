@@ -21,6 +21,7 @@ from medray.broker.policy import RUN_STATES, BrokerCore, BrokerPolicy, Demand, E
 from medray.broker.preemption import _polls
 from medray.cluster import ray_internals
 from medray.cluster.node_types import ROLE_LABEL
+from medray.cluster.periodic import keep_running
 from medray.errors import ConfigError
 from medray.logs import get_logger
 from medray.scheduling.options import place
@@ -95,16 +96,8 @@ class Broker:
 
     async def run(self) -> None:
         """Start the decision loop (idempotent)."""
-        if self._loop is None or self._loop.done():
-            self._loop = asyncio.get_running_loop().create_task(self._forever())
-
-    async def _forever(self) -> None:
-        while True:
-            try:
-                self._step()
-            except Exception:  # one bad step must never stop the broker
-                _log.exception("broker step failed")
-            await asyncio.sleep(self._core.policy.interval_s)
+        self._loop = keep_running(self._loop, self._step, self._core.policy.interval_s, log=_log,
+                                  what="broker step")
 
     def _step(self) -> None:
         now = time.time()

@@ -39,6 +39,7 @@ from medray import metrics
 from medray.cluster import ray_internals
 from medray.cluster.node_types import NODE_TYPE_LABEL
 from medray.cluster.nvml import THROTTLE_REASONS, GpuReading, NvmlReader
+from medray.cluster.periodic import keep_running
 from medray.errors import ConfigError
 from medray.logs import get_logger
 from medray.scheduling.placement import NODE_ID_LABEL
@@ -177,17 +178,9 @@ class GpuGuard:
         self._loop: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        """Start the reading loop (idempotent)."""
-        if self._loop is None or self._loop.done():
-            self._loop = asyncio.get_running_loop().create_task(self._forever())
-
-    async def _forever(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception:  # a bad reading must never stop the guard
-                _log.exception("guard reading failed", extra={"node_type": self._node_type})
-            await asyncio.sleep(self._interval_s)
+        """Start the reading loop (idempotent); a bad reading never stops it."""
+        self._loop = keep_running(self._loop, self.tick, self._interval_s, log=_log,
+                                  what=f"guard reading on {self._node_type}")
 
     async def inject(self, readings: list[GpuReading] | None) -> None:
         """Use these readings instead of NVML from now on (None: back to NVML)."""
@@ -276,17 +269,8 @@ class GuardKeeper:
         self._loop: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        """Start the keeping loop (idempotent)."""
-        if self._loop is None or self._loop.done():
-            self._loop = asyncio.get_running_loop().create_task(self._forever())
-
-    async def _forever(self) -> None:
-        while True:
-            try:
-                await self.keep()
-            except Exception:  # the keeper must outlive a failed lookup
-                _log.exception("guard keeper step failed")
-            await asyncio.sleep(self._every_s)
+        """Start the keeping loop (idempotent); a failed lookup never stops it."""
+        self._loop = keep_running(self._loop, self.keep, self._every_s, log=_log, what="guard keeper step")
 
     async def keep(self) -> list[str]:
         """Start a guard on every live GPU node without one; returns the guarded node ids."""

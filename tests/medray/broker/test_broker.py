@@ -17,6 +17,7 @@ from medray.cli.status import format_broker_summary
 from medray.errors import ConfigError, MedrayError
 from medray.scheduling.options import place
 from medray.scheduling.placement import WorkloadProfile
+from tests.conftest import serve_running
 
 # Decisions, without Ray -----------------------------------------------------------------------
 
@@ -356,7 +357,7 @@ def test_a_pending_serve_replica_borrows_research_gpus(broker, tmp_path):
         def __call__(self):
             return ray.get_runtime_context().get_node_labels()["medray.io/node-type"]
 
-    serve_was_running = _serve_running()
+    serve_was_running = serve_running()
     serve.start(proxy_location="Disabled")
     try:
         watch_serve("emergency", app="broker-test", deployment="Replica", priority="emergency")
@@ -383,14 +384,6 @@ def test_a_pending_serve_replica_borrows_research_gpus(broker, tmp_path):
         serve.delete("broker-test")
         if not serve_was_running:
             serve.shutdown()
-
-
-def _serve_running():
-    try:
-        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
-    except ValueError:
-        return False
-    return True
 
 
 def _agree(rank, world, store_path, out_dir):

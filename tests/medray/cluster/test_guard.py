@@ -22,6 +22,7 @@ from medray.cluster.nvml import GpuReading, NvmlReader, health_summary, limit_gp
 from medray.errors import ConfigError
 from medray.scheduling.options import place
 from medray.scheduling.placement import WorkloadProfile
+from tests.conftest import serve_running
 
 
 def reading(temp=50.0, used=1000.0, **kw):
@@ -146,7 +147,7 @@ def test_a_tripped_guard_drains_its_node_live_and_serve_moves_its_replica_first(
 
     # No proxy, and Serve shut down after if this test started it: a Serve left running would keep
     # its HTTP options and other tests' `serve_local` ports would never be served.
-    serve_was_running = _serve_running()
+    serve_was_running = serve_running()
     serve.start(proxy_location="Disabled")
     handle = serve.run(Where.bind(), name="drain-test", route_prefix=None)
     try:
@@ -202,14 +203,6 @@ def test_a_tripped_guard_drains_its_node_live_and_serve_moves_its_replica_first(
         if not serve_was_running:
             serve.shutdown()
         ray_cluster.remove_node(added)  # what the autoscaler does with a drained node
-
-
-def _serve_running():
-    try:
-        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
-    except ValueError:
-        return False
-    return True
 
 
 def test_guard_readings_reach_the_prometheus_endpoint(ray_cluster):
