@@ -302,7 +302,8 @@ class BrokerCore:
                 need -= run.units
             self.event(now, "lend", run.run_id, lent)
             decisions.append(Decision("yield", run.run_id, lent))
-        if need > 0 and not victims and top.lane not in self._unmet_lanes:
+        # Unmet only when nothing is on its way: a run still yielding may free more than it counts for.
+        if need > 0 and not victims and not releasing and top.lane not in self._unmet_lanes:
             self._unmet_lanes.add(top.lane)
             self.event(now, "unmet", top.lane, reason + ", and no lower-priority run holds GPUs")
         return decisions
