@@ -77,7 +77,9 @@ def stage_placement(ctx: DemoContext) -> dict[str, Any]:
         "prep": WorkloadProfile(roles=("prep",), num_cpus=1, storage="nvme"),
         "infer": WorkloadProfile(roles=("infer", "train"), num_cpus=0.5, num_gpus=0.25,
                                  gpu_memory_gb=4, latency="realtime"),
-        "train": WorkloadProfile(roles=("train",), num_cpus=1, num_gpus=1, gpu_memory_gb=60),
+        "train": WorkloadProfile(roles=("train",), num_cpus=1, num_gpus=1),
+        # A model that needs 60 GB per GPU: only the H100 (80 GB) fits, the A100 (40 GB) does not.
+        "train (60 GB per GPU)": WorkloadProfile(roles=("train",), num_cpus=1, num_gpus=1, gpu_memory_gb=60),
         "edge (site partner-a)": WorkloadProfile(roles=("edge",), num_cpus=1, site="partner-a"),
         "coordinator": WorkloadProfile(roles=("coordinator",), num_cpus=0.1),
     }
