@@ -37,6 +37,8 @@ def stage(ctx: DemoContext, *, plan: BurstPlan = DEMO_PLAN) -> dict[str, Any]:
     # Each lend and give-back with its reason, as the broker recorded it.
     decisions = [{"t_s": round(e["t"], 1), "action": e["action"], "subject": e["subject"], "reason": e["reason"]}
                  for e in result.events if e["action"] in ("lend", "yielded", "resized", "return", "unmet")]
+    ctx.say(f"broker decisions (s after the load started; the burst ran from {plan.before_s:g} to "
+            f"{plan.burst_end:g} s):")
     for d in decisions:
         ctx.say(f"  {d['t_s']:+7.1f} s  {d['action']:8} {d['subject']}: {d['reason']}")
     return {
