@@ -173,8 +173,7 @@ class DiagnosisAPI:
         if args.broker:
             context = serve.get_replica_context()
             lanes = {f"{context.app_name}/{lane}": q for lane, q in self._inflight.items()}
-            self._reporter = asyncio.get_running_loop().create_task(
-                report_queues(lanes, source=context.replica_id.unique_id))
+            self._reporter = report_queues(lanes, source=context.replica_id.unique_id)
         self._requests = counter("diagnosis_requests", "diagnosis requests by lane and status", ("lane", "status"))
         self._latency = histogram("diagnosis_latency_ms", "diagnosis request latency (ms)",
                                   (5, 10, 20, 50, 100, 200, 500, 1000, 5000), ("lane",))

@@ -138,9 +138,11 @@ class Broker:
 
     def _queue(self, lane: str, now: float) -> tuple[int, float]:
         """Requests queued in ``lane`` and the oldest one's wait, summed over its fresh reporters."""
-        fresh = [(n, oldest) for n, oldest, at in self._queues.get(lane, {}).values()
-                 if now - at <= self._core.policy.demand_ttl_s]
-        return sum(n for n, _ in fresh), max((oldest for _, oldest in fresh), default=0.0)
+        reports = self._queues.get(lane, {})
+        for source in [s for s, (_, _, at) in reports.items() if now - at > self._core.policy.demand_ttl_s]:
+            del reports[source]  # a front door that stopped reporting (a replica gone)
+        return (sum(n for n, _, _ in reports.values()),
+                max((oldest for _, oldest, _ in reports.values()), default=0.0))
 
     def _export_gauges(self) -> None:
         runs = metrics.gauge("broker_runs", "runs known to the broker by state", ("state",))

@@ -14,7 +14,9 @@ import ray
 
 from medray.broker.lanes import InFlight
 from medray.broker.policy import Demand
+from medray.cluster.periodic import keep_running
 from medray.errors import MedrayError
+from medray.logs import get_logger
 
 __all__ = [
     "BROKER_NAME",
@@ -31,6 +33,8 @@ __all__ = [
 
 BROKER_NAME = "medray-broker"
 NAMESPACE = "medray"
+
+_log = get_logger("medray.broker")
 
 
 def get_broker() -> Any | None:
@@ -64,29 +68,32 @@ def report_demand(lane: str, *, priority: str, pending: int, running: int = 0, b
     ``oldest_s``: requests waiting and the oldest one's wait (lending needs both, see BrokerPolicy)."""
     Demand(lane=lane, priority=priority, pending=pending, running=running, borrowed=borrowed,
            queued=queued, oldest_s=oldest_s)
-    ray.get(require_broker().report_demand.remote(lane, priority, pending, running, borrowed, queued, oldest_s))
+    ray.get(require_broker().report_demand.remote(lane, priority, pending, running, borrowed, queued,
+                                                   oldest_s))
 
 
-async def report_queues(queues: Mapping[str, InFlight], *, source: str, interval_s: float = 0.5,
-                        lookup_s: float = 5.0) -> None:
-    """Forever (an asyncio task of a front door): every ``interval_s`` tell the running broker each
-    watched lane's queue, ``lane name -> InFlight``, as front door ``source`` holds it.
+def report_queues(queues: Mapping[str, InFlight], *, source: str, interval_s: float = 0.5,
+                  lookup_s: float = 5.0) -> asyncio.Task[None]:
+    """Start the task (in a front door's event loop) that every ``interval_s`` tells the running
+    broker each watched lane's queue, ``lane name -> InFlight``, as front door ``source`` holds it.
 
-    Never waits on the broker; without one it looks again every ``lookup_s``.
+    Never waits on the broker; without one it looks again every ``lookup_s``. Keep the task referenced.
     """
-    broker, looked_up = None, float("-inf")
-    while True:
+    state: dict[str, Any] = {"broker": None, "looked_up": float("-inf")}
+
+    def report() -> None:
         now = time.monotonic()
-        if broker is None and now - looked_up >= lookup_s:
-            broker, looked_up = get_broker(), now
-        if broker is not None:
-            try:
-                for lane, inflight in queues.items():
-                    queued, oldest = inflight.snapshot(now)
-                    broker.report_queue.remote(lane, source, queued, oldest)
-            except ray.exceptions.RayError:
-                broker = None
-        await asyncio.sleep(interval_s)
+        if state["broker"] is None and now - state["looked_up"] >= lookup_s:
+            state["broker"], state["looked_up"] = get_broker(), now
+        if state["broker"] is None:
+            return
+        try:
+            for lane, inflight in queues.items():
+                state["broker"].report_queue.remote(lane, source, *inflight.snapshot(now))
+        except ray.exceptions.RayError:
+            state["broker"] = None  # gone: look it up again
+
+    return keep_running(None, report, interval_s, log=_log, what="lane queue report")
 
 
 def watch_serve(lane: str, *, app: str, deployment: str, priority: str) -> None:

@@ -29,7 +29,7 @@ def priority_rank(priority: str) -> int:
 
 @dataclass(frozen=True)
 class BrokerPolicy:
-    """How eagerly the broker lends and returns GPUs (thresholds documented in docs/broker.md).
+    """How eagerly the broker lends and returns GPUs (thresholds documented in docs/elasticity.md).
 
     A lane is **starved** only with both kinds of evidence at once: units (replicas) it wants that
     Ray has not placed (``pending``) *and* requests queued in it, the oldest waiting at least

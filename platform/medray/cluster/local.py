@@ -249,7 +249,7 @@ def up(config: str | Path | None = None, *, timeout_s: float = 300, **scale: Any
         _wait_for_nodes(address, len(specs), deadline)
         _wait_for_job_api(cluster_id, deadline)
         # The GPU guards start with the cluster, as the head's start command does on a real one.
-        subprocess.run([sys.executable, "-m", "medray", "guards", "--address", address], env=_ray_env(cluster_id),
+        subprocess.run([sys.executable, "-m", "medray", "guards", "--address", address], env=_ray_env(),
                        check=True, capture_output=True, timeout=max(10.0, deadline - time.monotonic()))
     except BaseException:
         _stop_marked(cluster_id)  # never leave half a cluster behind
