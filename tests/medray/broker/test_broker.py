@@ -182,6 +182,12 @@ def test_run_endings_and_refusals():
         Demand("x", "urgent", pending=1)
     with pytest.raises(ConfigError, match=">= 0"):
         Demand("x", "clinical", pending=-1)
+    with pytest.raises(ConfigError, match="queued and oldest_s must be >= 0"):
+        Demand("x", "clinical", pending=1, oldest_s=-0.5)
+    with pytest.raises(ConfigError, match="queue age"):
+        BrokerPolicy(queue_age_s=-1)
+    with pytest.raises(ConfigError, match=r"workers must be \(min, max\)"):
+        submit_run("r", "m:f", workers=(3, 2))  # refused before any broker is asked
 
 
 def test_a_drain_report_becomes_one_event_and_shows_in_the_summary():
