@@ -46,20 +46,21 @@ import numpy as np
 
 from medray.broker.actor import serve_replicas, start_broker, stop_broker, submit_run
 from medray.broker.client import broker_summary, get_broker
-from medray.broker.lanes import LANES, PRIORITY_HEADER
+from medray.broker.lanes import LANE_PREFIXES, LANES, lane_url
 from medray.broker.policy import BrokerPolicy
-from medray.cluster.local_serve import serve_local
+from medray.cluster.local_serve import LocalApp, serve_local
 from medray.cluster.node_types import NODE_TYPE_LABEL, load_node_types
 from medray.errors import ConfigError, MedrayError
 
-__all__ = ["SERVICE_IMPORT_PATH", "SERVICE_APP", "LANE_DEPLOYMENTS", "RESEARCH_ENTRYPOINT", "LEND_ROLE",
+__all__ = ["SERVICE_IMPORT_PATHS", "SERVICE_APP", "LANE_APPS", "LANE_DEPLOYMENTS", "RESEARCH_ENTRYPOINT", "LEND_ROLE",
            "BurstPlan", "Kit", "PhaseResult", "DEMO_PLAN", "prepare_kit", "diagnosis_args", "submit_research",
            "start_service", "stop_service", "run_phase", "burst_episode"]
 
-# The diagnosis service as deploy/serve-diagnosis.yaml deploys it (import path and application
-# name), and the deployment serving each of its lanes (docs/diagnosis.md).
-SERVICE_IMPORT_PATH = "workloads.diagnosis:app"
+# The diagnosis service as deploy/serve-diagnosis.yaml deploys it: each lane's application (import
+# path and name) and the deployment serving it (docs/diagnosis.md).
+SERVICE_IMPORT_PATHS = {"routine": "workloads.diagnosis:app", "emergency": "workloads.diagnosis:emergency_app"}
 SERVICE_APP = "diagnosis"
+LANE_APPS = {"routine": SERVICE_APP, "emergency": f"{SERVICE_APP}-emergency"}
 LANE_DEPLOYMENTS = {"routine": "ingress", "emergency": "emergency"}
 # The research run's broker entrypoint (docs/elasticity.md): called with a TrainConfig as a dict.
 RESEARCH_ENTRYPOINT = "workloads.research.preemptible:run"
@@ -139,7 +140,7 @@ def prepare_kit(work: str | Path, data: str | Path, labels: str | Path, plan: Bu
                    model_config=config.to_dict()).manifest.ref
     tokens = work / "tokens.json"
     tokens.unlink(missing_ok=True)
-    token = add_client(tokens, "burst-load", ["clinic"])
+    token = add_client(tokens, "burst-load", ["clinic", "emergency"])
     # The synthetic study carries canary PHI, as real ones carry PHI: only its bytes are kept.
     with tempfile.TemporaryDirectory() as tmp:
         generate_cohort(Path(tmp), patients=1, seed=seed, rows=64, slices=10)
@@ -169,7 +170,7 @@ def diagnosis_args(kit: Kit, plan: BurstPlan, *, borrow: bool) -> dict[str, Any]
     return {**kit.args, "broker": borrow, "lanes": {
         "routine": {**replica, "min_replicas": 2, "max_replicas": 2},
         "emergency": {**replica, "min_replicas": plan.reserved, "max_replicas": plan.max_replicas,
-                      "target_ongoing_requests": 1, "max_ongoing_requests": 16, "max_queued_requests": 32,
+                      "target_ongoing_requests": 1, "max_ongoing_requests": 8, "max_queued_requests": 64,
                       "upscale_delay_s": 0.5, "downscale_delay_s": plan.downscale_delay_s,
                       "look_back_period_s": 2.0},
     }}
@@ -185,7 +186,8 @@ def start_service(kit: Kit, plan: BurstPlan, *, borrow: bool) -> str:
 
     With a broker running and ``borrow``, the service hands its lanes to the broker as it deploys.
     """
-    return serve_local(SERVICE_IMPORT_PATH, diagnosis_args(kit, plan, borrow=borrow), name=SERVICE_APP)
+    apps = [LocalApp(SERVICE_IMPORT_PATHS[lane], LANE_APPS[lane], LANE_PREFIXES[lane] or "/") for lane in LANES]
+    return serve_local(apps, diagnosis_args(kit, plan, borrow=borrow))
 
 
 def stop_service() -> None:
@@ -226,8 +228,8 @@ def _load(url: str, kit: Kit, plan: BurstPlan, t0: float, stop: threading.Event,
         start = time.time()
         status, node_type = 0, None
         try:
-            r = await client.post("/v1/diagnose", content=kit.body, headers={
-                "Content-Type": kit.content_type, PRIORITY_HEADER: lane})
+            r = await client.post(lane_url(lane, "/v1/diagnose"), content=kit.body,
+                                  headers={"Content-Type": kit.content_type})
             status = r.status_code
             if status == 200:
                 node_type = r.json()["served_by"]["node_type"]
@@ -267,8 +269,8 @@ def _warm_up(url: str, kit: Kit) -> None:
     with httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {kit.token}"}) as client:
         for lane in LANES:
             for _ in range(2):
-                r = client.post("/v1/diagnose", content=kit.body,
-                                headers={"Content-Type": kit.content_type, PRIORITY_HEADER: lane})
+                r = client.post(lane_url(lane, "/v1/diagnose"), content=kit.body,
+                                headers={"Content-Type": kit.content_type})
                 if r.status_code != 200:
                     raise MedrayError(f"the diagnosis service answered {r.status_code} while warming up the "
                                       f"{lane} lane: see the Serve logs")
@@ -286,7 +288,7 @@ def _node_types() -> dict[str, str]:
 def _sample(t: float, node_types: dict[str, str]) -> dict[str, Any]:
     sample: dict[str, Any] = {"t": t}
     for lane in LANES:
-        pending, nodes = serve_replicas(SERVICE_APP, LANE_DEPLOYMENTS[lane])
+        pending, nodes = serve_replicas(LANE_APPS[lane], LANE_DEPLOYMENTS[lane])
         by_type: dict[str, int] = {}
         for node in nodes:
             name = node_types.get(node, "?")

@@ -1,15 +1,27 @@
-"""The HTTP ingress (FastAPI on Serve): authenticate, bound, route, diagnose or dispatch, audit, answer.
+"""The HTTP ingresses (FastAPI on Serve), one per lane: authenticate, bound, route, diagnose, audit, answer.
 
-Routine studies are diagnosed right here, by the replica's :class:`~workloads.diagnosis.deployments.Engine`
-(no second hop on the hot path); each replica admits at most ``max_ongoing_requests +
-max_queued_requests`` of them (503 with ``Retry-After`` beyond), so routine load queues here and
-never in front of an emergency. ``X-Medray-Priority: emergency`` studies go to the reserved
-``emergency`` deployment by handle. The expert model is chosen from two header fields of the first
-instance (``Modality``/``BodyPartExamined``).
+Each lane is its own Serve application with its own ingress replicas, so routine DICOM decoding
+never shares a replica, an event loop or a queue with an emergency:
 
-Route scopes: ``POST /v1/diagnose`` needs ``clinic``; ``GET /v1/models`` needs ``research`` or
-``admin``; ``PUT /v1/models/active`` needs ``admin``; ``/healthz`` and the OpenAPI docs are open
-(they hold no data). Every request to a ``/v1`` route, refused or not, appends one audit entry.
+* :class:`DiagnosisAPI` (application ``diagnosis``, ``/``): routine studies, the model routes and
+  ``/healthz``. Its replicas diagnose routine studies themselves (no second hop on the hot path)
+  and admit at most ``max_ongoing_requests + max_queued_requests`` of them each (503 with
+  ``Retry-After`` beyond). A request there that names ``X-Medray-Priority: emergency`` is
+  redirected (307) to the emergency ingress, unread.
+* :class:`EmergencyAPI` (application ``diagnosis-emergency``, ``/emergency``): emergencies only, on
+  replicas reserved for them. Serve queues what exceeds a replica's ``max_ongoing_requests`` in
+  front of the replicas (in the proxy's router), up to ``max_queued_requests`` (503 beyond), and
+  hands each queued request to whichever replica frees first, replicas that just started included.
+
+Both run the same request path (:class:`_Front`): the expert model is chosen from two header
+fields of the first instance (``Modality``/``BodyPartExamined``); a study that waited longer than
+its lane's ``queue_timeout_s`` for the model is answered 503 with ``Retry-After``, never left to
+time out.
+
+Route scopes: ``POST /v1/diagnose`` needs ``clinic``; ``POST /emergency/v1/diagnose`` needs
+``emergency``; ``GET /v1/models`` needs ``research`` or ``admin``; ``PUT /v1/models/active`` needs
+``admin``; ``/healthz`` and the OpenAPI docs are open (they hold no data). Every request to a
+``/v1`` route, refused or not, appends one audit entry.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the real annotation objects
@@ -23,14 +35,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from medray.broker.client import report_queues
-from medray.broker.lanes import InFlight
+from medray.broker.lanes import InFlight, lane_url
 from medray.dicom.multipart import DICOM, BodyError, split_body
 from medray.dicom.volume import read_instance
 from medray.errors import DicomError
@@ -39,12 +51,21 @@ from medray.metrics import counter, histogram
 from medray.privacy.pseudonym import load_key
 from medray.security.audit import AuditError, AuditLog
 from medray.security.tokens import AuthError, TokenFile
-from workloads.diagnosis.config import LANES, PRIORITY_HEADER, REASON_STATUS, DiagnosisArgs, expert_key
-from workloads.diagnosis.deployments import Engine
+from workloads.diagnosis.config import (
+    LANE_PRIORITIES,
+    PRIORITY_HEADER,
+    REASON_STATUS,
+    DiagnosisArgs,
+    expert_key,
+)
+from workloads.diagnosis.deployments import Engine, catalog_handle
 from workloads.diagnosis.fhir import FHIR_JSON, diagnostic_report
 from workloads.diagnosis.pipeline import routing_fields
 
-__all__ = ["fastapi_app", "DiagnosisAPI", "route_expert"]
+__all__ = ["fastapi_app", "emergency_fastapi_app", "DiagnosisAPI", "EmergencyAPI", "LANE_SCOPES", "route_expert"]
+
+# The token scope each lane's diagnose route needs.
+LANE_SCOPES = {"routine": "clinic", "emergency": "emergency"}
 
 log = get_logger("diagnosis")
 
@@ -54,9 +75,18 @@ fastapi_app = FastAPI(
     description=(
         "Real-time findings for DICOM studies. Send one instance (`application/dicom`) or a series "
         "(`multipart/related; type=\"application/dicom\"`, as DICOMweb STOW-RS does) with "
-        "`Authorization: Bearer <token>`. `X-Medray-Priority: emergency` uses the reserved lane. "
+        "`Authorization: Bearer <token>` (scope `clinic`). Emergencies go to `POST /emergency/v1/diagnose` "
+        "(scope `emergency`), the reserved lane with its own ingress. "
         "`Accept: application/fhir+json` answers with a FHIR R4 DiagnosticReport. "
         "Identifiers in answers are pseudonyms; no PHI is returned, logged or audited."
+    ),
+)
+emergency_fastapi_app = FastAPI(
+    title="medray diagnosis: emergency lane",
+    version="1",
+    description=(
+        "The reserved emergency lane, with an ingress of its own: `POST /emergency/v1/diagnose` takes the "
+        "same bodies and answers as the routine `POST /v1/diagnose`, with a token of scope `emergency`."
     ),
 )
 
@@ -84,7 +114,7 @@ class DiagnoseResponse(BaseModel):
     expert: str
     study: StudyRef
     lane: str
-    served_by: dict[str, str]
+    served_by: dict[str, Any] = Field(description="lane, node_type, backend and batch_size of the inference")
     timings_ms: dict[str, float]
 
 
@@ -107,8 +137,6 @@ _DICOM_BODY = {
             'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}},
         },
     },
-    "parameters": [{"name": PRIORITY_HEADER, "in": "header", "required": False,
-                    "schema": {"type": "string", "enum": list(LANES), "default": "routine"}}],
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 503)
@@ -149,47 +177,34 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@serve.ingress(fastapi_app)
-class DiagnosisAPI:
-    """The ingress deployment; see the module docstring."""
+class _Front:
+    """The request path both lanes' ingresses share: tokens, audit, bounds, routing, the lane's engine."""
 
-    async def __init__(self, args: DiagnosisArgs, catalog: Any, emergency: Any) -> None:
+    async def _start(self, lane: str, args: DiagnosisArgs, catalog: Any) -> None:
+        self._lane = lane
         self._args = args
         self._tokens = TokenFile(args.tokens, on_error=lambda e: log.error("token file: %s", e))
         audit_key = load_key(args.audit_key_file) if args.audit_key_file else None
         self._audit = AuditLog(args.audit_log, key=audit_key, fsync=args.audit_fsync)
         self._catalog = catalog
-        self._emergency = emergency
-        self._emergency_handles: dict[str, Any] = {}
-        routine = args.lanes["routine"]
-        self._routine_limit = (routine.max_ongoing_requests + routine.max_queued_requests
-                               if routine.max_queued_requests >= 0 else None)
-        self._routine_active = 0
-        self._engine = Engine("routine", args, catalog)
+        sizes = args.lanes[lane]
+        # The emergency lane's bound is Serve's own (in front of the replicas); routine studies
+        # are bounded here, per replica.
+        self._limit = (sizes.max_ongoing_requests + sizes.max_queued_requests
+                       if lane == "routine" and sizes.max_queued_requests >= 0 else None)
+        self._active = 0
+        self._engine = Engine(lane, args, catalog)
         await self._engine.start()
-        # Each lane's requests in flight here: the queue evidence the priority broker lends on.
-        self._inflight = {lane: InFlight() for lane in LANES}
+        # The lane's requests in flight here: the queue evidence the priority broker lends on.
+        self._inflight = InFlight()
         self._reporter: asyncio.Task[None] | None = None
         if args.broker:
             context = serve.get_replica_context()
-            lanes = {f"{context.app_name}/{lane}": q for lane, q in self._inflight.items()}
-            self._reporter = report_queues(lanes, source=context.replica_id.unique_id)
+            self._reporter = report_queues({f"{args.app_name}/{lane}": self._inflight},
+                                           source=context.replica_id.unique_id)
         self._requests = counter("diagnosis_requests", "diagnosis requests by lane and status", ("lane", "status"))
         self._latency = histogram("diagnosis_latency_ms", "diagnosis request latency (ms)",
                                   (5, 10, 20, 50, 100, 200, 500, 1000, 5000), ("lane",))
-
-    async def _diagnose(self, lane: str, instances: list[bytes], ref: str, first: Dataset) -> dict[str, Any]:
-        if lane == "emergency":
-            if ref not in self._emergency_handles:
-                self._emergency_handles[ref] = self._emergency.options(multiplexed_model_id=ref)
-            return await self._emergency_handles[ref].diagnose.remote(instances)
-        if self._routine_limit is not None and self._routine_active >= self._routine_limit:
-            raise _Reject(503, "overloaded", "the routine lane is at capacity: retry later", self._retry_after())
-        self._routine_active += 1
-        try:
-            return await self._engine.diagnose(instances, ref, first)
-        finally:
-            self._routine_active -= 1
 
     def _retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(max(1, round(self._args.retry_after_s)))}
@@ -202,8 +217,8 @@ class DiagnosisAPI:
             raise _Reject(e.status, e.reason, e.message, headers) from None
         record["client"] = client.name
 
-    def _finish(self, record: dict[str, Any], start: float, status: int, body: dict[str, Any],
-                headers: dict[str, str] | None = None, media_type: str = "application/json") -> JSONResponse:
+    def _finish(self, record: dict[str, Any], start: float, status: int, body: dict[str, Any] | None,
+                headers: dict[str, str] | None = None, media_type: str = "application/json") -> Response:
         latency_ms = (time.perf_counter() - start) * 1e3
         record.update(status=status, latency_ms=round(latency_ms, 2))
         try:
@@ -218,10 +233,12 @@ class DiagnosisAPI:
         lane = record.get("lane") or "none"
         self._requests.inc(tags={"lane": lane, "status": str(status)})
         self._latency.observe(latency_ms, tags={"lane": lane})
-        return JSONResponse(body, status_code=status, media_type=media_type,
-                            headers={"X-Medray-Request-Id": record["request_id"], **(headers or {})})
+        headers = {"X-Medray-Request-Id": record["request_id"], **(headers or {})}
+        if body is None:
+            return Response(status_code=status, headers=headers)
+        return JSONResponse(body, status_code=status, media_type=media_type, headers=headers)
 
-    def _reject(self, record: dict[str, Any], start: float, e: _Reject) -> JSONResponse:
+    def _reject(self, record: dict[str, Any], start: float, e: _Reject) -> Response:
         record["outcome"] = e.reason
         return self._finish(record, start, e.status,
                             {"request_id": record["request_id"], "error": e.reason, "detail": e.message}, e.headers)
@@ -229,21 +246,26 @@ class DiagnosisAPI:
     def _new_record(self, route: str) -> dict[str, Any]:
         return {"request_id": uuid.uuid4().hex, "route": route, "client": None}
 
-    @fastapi_app.post("/v1/diagnose", response_model=DiagnoseResponse, openapi_extra=_DICOM_BODY,
-                      responses={**_ERRORS, 200: {"content": {FHIR_JSON: {}}}},
-                      summary="Diagnose one DICOM instance or series (scope: clinic)")
-    async def diagnose(self, request: Request) -> JSONResponse:
-        start = time.perf_counter()
-        record = self._new_record("POST /v1/diagnose")
+    async def _diagnose(self, instances: list[bytes], ref: str, first: Dataset) -> dict[str, Any]:
+        if self._limit is not None and self._active >= self._limit:
+            raise _Reject(503, "overloaded", f"the {self._lane} lane is at capacity: retry later", self._retry_after())
+        self._active += 1
         try:
-            self._authorize(request, ("clinic",), record)
-            priority = request.headers.get(PRIORITY_HEADER, "routine").strip().lower()
-            if priority not in LANES:
-                raise _Reject(400, "bad_priority", f"{PRIORITY_HEADER} must be one of {list(LANES)}")
-            record["lane"] = priority
+            return await self._engine.diagnose(instances, ref, first)
+        finally:
+            self._active -= 1
+
+    async def _handle_diagnose(self, request: Request, route: str) -> Response:
+        """Authenticate, read, route and diagnose one study on this ingress's lane; audit; answer."""
+        start = time.perf_counter()
+        lane = self._lane
+        record = self._new_record(route)
+        record["lane"] = lane
+        try:
+            self._authorize(request, (LANE_SCOPES[lane],), record)
             body = await _read_body(request, self._args.max_body_bytes)
             instances = split_body(request.headers.get("content-type"), body)
-            # Parsed once here (checks included), routed on, and handed to a routine diagnosis.
+            # Parsed once here (checks included), routed on, and handed to the diagnosis.
             first = read_instance(instances[0], max_pixels=self._args.max_instance_pixels)
             modality, body_part = routing_fields(first)
             routed = route_expert(self._engine.experts, modality, body_part)
@@ -253,14 +275,15 @@ class DiagnosisAPI:
                               f"no model serves this study's modality and body part; served: {sorted(self._engine.experts)}")
             record["expert"], record["model"] = routed
             sent = time.perf_counter()
-            token = self._inflight[priority].start(time.monotonic())
+            token = self._inflight.start(time.monotonic())
             try:
-                result = await self._diagnose(priority, instances, routed[1], first)
+                result = await self._diagnose(instances, routed[1], first)
             finally:
-                self._inflight[priority].end(token)
+                self._inflight.end(token)
             lane_ms = (time.perf_counter() - sent) * 1e3
             if "error" in result:
-                status = 503 if result["error"] == "model_unavailable" else REASON_STATUS.get(result["error"], 500)
+                status = (503 if result["error"] in ("model_unavailable", "queue_timeout")
+                          else REASON_STATUS.get(result["error"], 500))
                 raise _Reject(status, result["error"], result["message"], self._retry_after() if status == 503 else None)
         except _Reject as e:
             return self._reject(record, start, e)
@@ -270,19 +293,18 @@ class DiagnosisAPI:
             return self._reject(record, start, _Reject(REASON_STATUS[e.reason], e.reason, e.message))
         except (BackPressureError, DeploymentUnavailableError) as e:
             return self._reject(record, start, _Reject(
-                503, "overloaded", f"the {record.get('lane')} lane is at capacity ({type(e).__name__}): retry later",
+                503, "overloaded", f"the {lane} lane is at capacity ({type(e).__name__}): retry later",
                 self._retry_after()))
         except Exception as e:
-            # A lane replica died mid-request, or a bug: the class name only, never the message.
+            # A bug: the class name only, never the message (it could quote the input).
             log.error("diagnose failed: %s", type(e).__name__)
             return self._reject(record, start, _Reject(500, "internal", "internal error; the request was not diagnosed"))
         total_ms = round((time.perf_counter() - start) * 1e3, 2)
         expert = record["expert"]
         modality, _, body_part = expert.partition("/")
-        response = {"request_id": record["request_id"], **result, "expert": expert, "lane": priority,
+        response = {"request_id": record["request_id"], **result, "expert": expert, "lane": lane,
                     # As routed (from the configuration), never as written in the file.
                     "study": {**result["study"], "modality": modality, "body_part": None if body_part == "*" else body_part},
-                    "served_by": {**result["served_by"], "ingress_node_type": self._engine.node_type},
                     "timings_ms": {**result["timings_ms"], "lane": round(lane_ms, 2), "total": total_ms}}
         study, finding = response["study"], response["finding"]
         record.update(model=result["model"], study_ref=study["study_ref"], series_ref=study["series_ref"],
@@ -293,9 +315,39 @@ class DiagnosisAPI:
             return self._finish(record, start, 200, report, media_type=FHIR_JSON)
         return self._finish(record, start, 200, response)
 
+    def _health(self) -> dict[str, Any]:
+        return {"status": "ok", "lane": self._lane, "catalog_version": self._engine.catalog_version,
+                "experts": sorted(self._engine.experts)}
+
+
+@serve.ingress(fastapi_app)
+class DiagnosisAPI(_Front):
+    """The routine lane's ingress and the model routes; see the module docstring."""
+
+    async def __init__(self, args: DiagnosisArgs, catalog: Any) -> None:
+        await self._start("routine", args, catalog)
+
+    @fastapi_app.post("/v1/diagnose", response_model=DiagnoseResponse, openapi_extra=_DICOM_BODY,
+                      responses={**_ERRORS, 200: {"content": {FHIR_JSON: {}}},
+                                 307: {"description": f"{PRIORITY_HEADER}: emergency: redirected, unread, "
+                                                      "to POST /emergency/v1/diagnose"}},
+                      summary="Diagnose one DICOM instance or series, routine lane (scope: clinic)")
+    async def diagnose(self, request: Request) -> Response:
+        priority = request.headers.get(PRIORITY_HEADER)
+        if priority is not None and priority.strip().lower() != "routine":
+            start, record = time.perf_counter(), self._new_record("POST /v1/diagnose")
+            if priority.strip().lower() != "emergency":
+                return self._reject(record, start, _Reject(
+                    400, "bad_priority", f"{PRIORITY_HEADER} must be one of {list(LANE_PRIORITIES)}"))
+            # The emergency lane has its own ingress: the body is not read here, a client that
+            # follows redirects sends it there (307 keeps the method and the body).
+            record.update(lane="emergency", outcome="redirected")
+            return self._finish(record, start, 307, None, {"Location": lane_url("emergency", "/v1/diagnose")})
+        return await self._handle_diagnose(request, "POST /v1/diagnose")
+
     @fastapi_app.get("/v1/models", responses=_ERRORS,
                      summary="Registered models, the active routing table and loaded models (scope: research or admin)")
-    async def models(self, request: Request) -> JSONResponse:
+    async def models(self, request: Request) -> Response:
         start = time.perf_counter()
         record = self._new_record("GET /v1/models")
         try:
@@ -307,7 +359,7 @@ class DiagnosisAPI:
 
     @fastapi_app.put("/v1/models/active", responses=_ERRORS,
                      summary="Serve another model version for an expert, without restart (scope: admin)")
-    async def activate(self, request: Request, change: ActivateRequest) -> JSONResponse:
+    async def activate(self, request: Request, change: ActivateRequest) -> Response:
         start = time.perf_counter()
         record = self._new_record("PUT /v1/models/active")
         try:
@@ -325,4 +377,22 @@ class DiagnosisAPI:
 
     @fastapi_app.get("/healthz", summary="Liveness: the ingress answers and knows its routing table (open)")
     async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "catalog_version": self._engine.catalog_version, "experts": sorted(self._engine.experts)}
+        return self._health()
+
+
+@serve.ingress(emergency_fastapi_app)
+class EmergencyAPI(_Front):
+    """The emergency lane's own ingress, on replicas reserved for it; see the module docstring."""
+
+    async def __init__(self, args: DiagnosisArgs) -> None:
+        await self._start("emergency", args, catalog_handle(args.app_name))
+
+    @emergency_fastapi_app.post("/v1/diagnose", response_model=DiagnoseResponse, openapi_extra=_DICOM_BODY,
+                                responses={**_ERRORS, 200: {"content": {FHIR_JSON: {}}}},
+                                summary="Diagnose one DICOM instance or series, emergency lane (scope: emergency)")
+    async def diagnose(self, request: Request) -> Response:
+        return await self._handle_diagnose(request, "POST /emergency/v1/diagnose")
+
+    @emergency_fastapi_app.get("/healthz", summary="Liveness of the emergency lane (open)")
+    async def healthz(self) -> dict[str, Any]:
+        return self._health()

@@ -1,10 +1,16 @@
-"""The application builder: ``serve run workloads.diagnosis:app`` / the ``import_path`` of the Serve config.
+"""The application builders: the ``import_path`` of each application in the Serve config.
 
-It validates the config's ``args`` (:class:`~workloads.diagnosis.config.DiagnosisArgs`) and asks
-``medray.scheduling`` where each deployment runs: the ingress (which diagnoses routine studies)
-and the emergency lane go to their lane's ``roles`` (default ``infer``, then ``train`` as
-fallback: real-time work, always-on node types first); the catalog, which does no work, prefers
-the coordinator. The Serve config therefore carries only arguments, never node names or resources.
+The service is two Serve applications, one per lane, each with its own HTTP ingress
+(:mod:`workloads.diagnosis.api`): ``workloads.diagnosis:app`` (:func:`build_app`, named
+``diagnosis``, route ``/``: the routine ingress and the model catalog) and
+``workloads.diagnosis:emergency_app`` (:func:`build_emergency_app`, ``diagnosis-emergency``,
+route ``/emergency``). Both take the same ``args``.
+
+Each builder validates the config's ``args`` (:class:`~workloads.diagnosis.config.DiagnosisArgs`)
+and asks ``medray.scheduling`` where each deployment runs: the lanes' ingresses go to their lane's
+``roles`` (default ``infer``, then ``train`` as fallback: real-time work, always-on node types
+first); the catalog, which does no work, prefers the coordinator. The Serve config therefore
+carries only arguments, never node names or resources.
 
 Each lane autoscales by its own settings. Its replicas go to the cheapest node type first (the
 primary label selector), then to the other types in price order (``fallback_strategy``): replicas
@@ -26,16 +32,16 @@ from ray.serve.config import AutoscalingConfig, BackpressureConfig
 from medray.broker.client import get_broker, unwatch_serve, watch_serve
 from medray.scheduling.options import place
 from medray.scheduling.placement import WorkloadProfile
-from workloads.diagnosis.api import DiagnosisAPI
+from workloads.diagnosis.api import DiagnosisAPI, EmergencyAPI
 from workloads.diagnosis.config import LANE_PRIORITIES, LANES, DiagnosisArgs, LaneConfig
-from workloads.diagnosis.deployments import Diagnoser, ModelCatalog
+from workloads.diagnosis.deployments import ModelCatalog
 
-__all__ = ["APP_NAME", "LANE_DEPLOYMENTS", "build_app", "deployment_options", "lane_options", "watch_lanes",
-           "unwatch_lanes"]
+__all__ = ["APP_NAME", "LANE_DEPLOYMENTS", "build_app", "build_emergency_app",
+           "deployment_options", "lane_apps", "lane_options", "watch_lanes", "unwatch_lanes"]
 
 APP_NAME = "diagnosis"
 LANE_DEPLOYMENTS = {"routine": "ingress", "emergency": "emergency"}  # the deployment serving each lane
-_EMERGENCY_HEADROOM = 64  # requests an ingress replica accepts beyond its routine limit
+_HEADROOM = 16  # requests a routine replica accepts beyond its limit: the model routes, /healthz
 _UNBOUNDED = 100_000
 _MAX_METRICS_INTERVAL_S = 10.0  # Serve's default
 
@@ -70,20 +76,20 @@ def deployment_options(args: DiagnosisArgs) -> dict[str, dict[str, Any]]:
     routine, emergency = args.lanes["routine"], args.lanes["emergency"]
     unbounded = routine.max_queued_requests < 0
     return {
-        # The ingress replicas diagnose routine studies themselves (no hop on the hot path) and
-        # admit at most max_ongoing + max_queued of them each (503 beyond). Serve's own limit is
-        # set above that, so an emergency is never held in the proxy behind routine studies.
+        # The routine replicas diagnose routine studies themselves (no hop on the hot path) and
+        # admit at most max_ongoing + max_queued of them each (503 beyond): the queue is in the
+        # replica, where the routine lane's batches form.
         "ingress": {
             "name": LANE_DEPLOYMENTS["routine"],
             "ray_actor_options": lane_options(routine),
             "autoscaling_config": _autoscaling(routine),
             "max_ongoing_requests": (
-                _UNBOUNDED if unbounded else
-                routine.max_ongoing_requests + routine.max_queued_requests + _EMERGENCY_HEADROOM),
-            # Unbounded in the proxy: a bound there would refuse emergencies along with routine
-            # studies; routine studies are bounded by the replicas themselves.
+                _UNBOUNDED if unbounded else routine.max_ongoing_requests + routine.max_queued_requests + _HEADROOM),
             "max_queued_requests": -1,
         },
+        # The emergency replicas take max_ongoing_requests each (a batch's worth); Serve queues the
+        # rest in front of them, up to max_queued_requests (503 + Retry-After beyond), and hands
+        # each to whichever replica frees first, one that just started included.
         "emergency": {
             "name": LANE_DEPLOYMENTS["emergency"],
             "ray_actor_options": lane_options(emergency),
@@ -91,8 +97,6 @@ def deployment_options(args: DiagnosisArgs) -> dict[str, dict[str, Any]]:
             "max_ongoing_requests": emergency.max_ongoing_requests,
             "max_queued_requests": emergency.max_queued_requests,
             "backpressure_config": backpressure,
-            # The ingress logs and audits each request; a second access line only costs CPU.
-            "logging_config": {"enable_access_log": False},
         },
         "catalog": {
             "name": "catalog",
@@ -105,17 +109,34 @@ def deployment_options(args: DiagnosisArgs) -> dict[str, dict[str, Any]]:
     }
 
 
-def build_app(args: dict[str, Any] | DiagnosisArgs) -> Application:
-    """The diagnosis application for ``args`` (a mapping as in the Serve config, or DiagnosisArgs)."""
+def _args(args: dict[str, Any] | DiagnosisArgs) -> DiagnosisArgs:
     args = args if isinstance(args, DiagnosisArgs) else DiagnosisArgs.model_validate(args)
     if args.broker and get_broker() is not None:
         # Before any replica exists: replicas beyond the inference nodes may need lent GPUs. Every
-        # way of deploying builds the app here (`serve deploy`, `medray serve`, run_local).
-        watch_lanes()
+        # way of deploying builds the apps here (`serve deploy`, `medray serve`, run_local).
+        watch_lanes(args.app_name)
+    return args
+
+
+def build_app(args: dict[str, Any] | DiagnosisArgs) -> Application:
+    """The routine application (its ingress and the model catalog) for ``args`` (a mapping as in
+    the Serve config, or DiagnosisArgs)."""
+    args = _args(args)
     options = deployment_options(args)
     catalog = serve.deployment(ModelCatalog).options(**options["catalog"]).bind(args.registry, args.experts)
-    emergency = serve.deployment(Diagnoser).options(**options["emergency"]).bind("emergency", args, catalog)
-    return serve.deployment(DiagnosisAPI).options(**options["ingress"]).bind(args, catalog, emergency)
+    return serve.deployment(DiagnosisAPI).options(**options["ingress"]).bind(args, catalog)
+
+
+def build_emergency_app(args: dict[str, Any] | DiagnosisArgs) -> Application:
+    """The emergency application (its own ingress, reserved replicas) for ``args``; it follows the
+    routine application's model catalog."""
+    args = _args(args)
+    return serve.deployment(EmergencyAPI).options(**deployment_options(args)["emergency"]).bind(args)
+
+
+def lane_apps(app: str = APP_NAME) -> dict[str, str]:
+    """The Serve application of each lane when the routine one is named ``app``."""
+    return {"routine": app, "emergency": f"{app}-emergency"}
 
 
 def watch_lanes(app: str = APP_NAME) -> None:
@@ -124,8 +145,9 @@ def watch_lanes(app: str = APP_NAME) -> None:
     The emergency lane counts as ``emergency``, the routine lane as ``clinical``: both outrank
     research runs, whose GPUs they then borrow when their replicas cannot be placed.
     """
-    for lane in LANES:
-        watch_serve(f"{app}/{lane}", app=app, deployment=LANE_DEPLOYMENTS[lane], priority=LANE_PRIORITIES[lane])
+    for lane, lane_app in lane_apps(app).items():
+        watch_serve(f"{app}/{lane}", app=lane_app, deployment=LANE_DEPLOYMENTS[lane],
+                    priority=LANE_PRIORITIES[lane])
 
 
 def unwatch_lanes(app: str = APP_NAME) -> None:

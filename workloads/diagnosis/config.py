@@ -41,7 +41,12 @@ class LaneConfig(_Strict):
     target_ongoing_requests: float = Field(8, gt=0, description="autoscaling target per replica")
     max_ongoing_requests: int = Field(32, ge=1, description="requests a replica works on at once")
     max_queued_requests: int = Field(
-        128, ge=-1, description="requests allowed to wait beyond those in progress; more -> 503; -1 = unbounded")
+        128, ge=-1, description="requests allowed to wait beyond those in progress; more -> 503; -1 = unbounded. "
+                                "Routine: per ingress replica. Emergency: in front of the replicas (Serve's "
+                                "queue, handed to whichever replica frees first)")
+    queue_timeout_s: float = Field(
+        30.0, gt=0, description="a study that waited this long for the model is answered 503 + Retry-After "
+                                "instead of being diagnosed late")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per replica (also torch threads, at least 1)")
     num_gpus: float = Field(0.25, ge=0, description="GPU share per replica (fractions share one GPU)")
     gpu_memory_gb: float = Field(2.0, ge=0, description="GPU memory a replica needs (placement)")
@@ -71,13 +76,17 @@ def _default_lanes() -> dict[str, LaneConfig]:
     return {
         "routine": LaneConfig(min_replicas=1, max_replicas=4),
         # Reserved on inference nodes, up to 5 more on GPUs the broker lends; quick up, quick back.
-        "emergency": LaneConfig(min_replicas=1, max_replicas=6, max_queued_requests=32, upscale_delay_s=1.0,
+        # Few requests per replica, the rest queued in front of the replicas, so that a replica
+        # that starts in a burst takes queued emergencies at once.
+        "emergency": LaneConfig(min_replicas=1, max_replicas=6, target_ongoing_requests=4, max_ongoing_requests=8,
+                                max_queued_requests=64, queue_timeout_s=10.0, upscale_delay_s=1.0,
                                 downscale_delay_s=20.0, look_back_period_s=3.0),
     }
 
 
 class DiagnosisArgs(_Strict):
-    """Arguments of ``workloads.diagnosis:app`` (the ``args`` of the Serve config)."""
+    """Arguments of ``workloads.diagnosis:app`` and ``workloads.diagnosis:emergency_app`` (the ``args``
+    of the Serve config: both applications take the same)."""
 
     registry: str = Field(description=f"model registry directory; {_PATH_HELP}")
     tokens: str = Field(description=f"bearer token file (see `medray token create`); {_PATH_HELP}")
@@ -97,18 +106,26 @@ class DiagnosisArgs(_Strict):
     batch_wait_timeout_s: float = Field(
         0.0, ge=0, description="how long a batch waits to fill; 0 = take what is queued, never wait")
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After of 503 responses when overloaded")
+    app_name: str = Field(
+        "diagnosis", min_length=1,
+        description="the routine application's name in the Serve config (it holds the model catalog); the "
+                    "emergency application is named `<app_name>-emergency`")
     simulated_gpu_ms: float = Field(
         0.0, ge=0,
         description="on simulated GPUs only (local cluster: Ray counts a GPU, torch has none), a replica's "
-                    "GPU takes at least this long per volume, as a real one would be busy: for benchmarks of "
-                    "placement and queueing on a CPU machine; 0 = as fast as the CPU goes")
+                    "GPU takes at least this long for a batch of one volume, as a real one would be busy: for "
+                    "benchmarks of placement, queueing and batching on a CPU machine; 0 = as fast as the CPU goes")
+    simulated_gpu_batch_share: float = Field(
+        0.8, ge=0, le=1,
+        description="the share of simulated_gpu_ms that a batch costs once (launches, weights read); the rest "
+                    "is paid per volume: a batch of n takes simulated_gpu_ms * (share + (1 - share) * n)")
     broker: bool = Field(
         True, description="hand both lanes to the priority broker when one runs as the app is built, so that "
                           "bursts borrow research GPUs (start the broker first); false = a static partition")
     lanes: dict[str, LaneConfig] = Field(
         default_factory=_default_lanes,
-        description="'routine' sizes the ingress deployment (it diagnoses routine studies itself); "
-                    "'emergency' the reserved emergency deployment")
+        description="'routine' sizes the routine ingress deployment (it diagnoses routine studies itself); "
+                    "'emergency' the emergency application's ingress, reserved for emergencies")
 
     @field_validator("registry", "tokens", "audit_log", "key_file", "audit_key_file")
     @classmethod
@@ -143,6 +160,11 @@ class DiagnosisArgs(_Strict):
         if lanes["emergency"].min_replicas < 1:
             raise ValueError("the emergency lane needs min_replicas >= 1: that is its reserved capacity")
         return lanes
+
+    @property
+    def emergency_app_name(self) -> str:
+        """The emergency application's name."""
+        return f"{self.app_name}-emergency"
 
     @property
     def max_body_bytes(self) -> int:

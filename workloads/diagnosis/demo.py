@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from medray.broker.lanes import lane_url
 from medray.data.shards import window_name
 from medray.demo import figures
 from medray.demo.report import FIGURES_DIR, figure_entry
@@ -71,8 +72,8 @@ def _post(client: httpx.Client, request: _Request) -> _Answer:
     instances = request.instances
     body, content_type = encode_series(instances) if len(instances) > 1 else (instances[0], DICOM)
     t0 = time.perf_counter()
-    r = client.post("/v1/diagnose", content=body, headers={"Content-Type": content_type,
-                                                         "X-Medray-Priority": request.lane})
+    # Each lane has its own ingress: emergencies go to /emergency/v1/diagnose (scope emergency).
+    r = client.post(lane_url(request.lane, "/v1/diagnose"), content=body, headers={"Content-Type": content_type})
     latency_ms = (time.perf_counter() - t0) * 1e3
     r.raise_for_status()
     return _Answer(request, r.json(), latency_ms)
@@ -128,7 +129,7 @@ def stage(ctx: DemoContext) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     tokens = work / "tokens.json"
     tokens.unlink(missing_ok=True)
-    clinic = add_client(tokens, "demo-clinic", ["clinic"])
+    clinic = add_client(tokens, "demo-clinic", ["clinic", "emergency"])
     args = {
         "registry": str(ctx.registry.resolve()),
         "tokens": str(tokens.resolve()),

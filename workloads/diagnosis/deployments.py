@@ -1,14 +1,13 @@
-"""What runs behind the HTTP ingress: the model catalog, the diagnosis engine, the emergency lane.
+"""What runs inside the lanes' ingress replicas: the model catalog and the diagnosis engine.
 
-* :class:`ModelCatalog` (one replica) holds which registry version serves each expert
-  (``"CT/CHEST" -> "nodule:3"``). Admins change it at run time; every engine polls it, so a new
-  version takes over everywhere within about a second, without a restart.
-* :class:`Engine` diagnoses in one replica: it reads and normalises the DICOM in a worker thread,
-  runs the model on dynamic batches (``@serve.batch``), and multiplexes models by reference
-  (``@serve.multiplexed``, LRU of ``MODELS_PER_REPLICA``). Only pseudonyms leave it. The ingress
-  replicas run one for routine studies (no extra hop on the hot path).
-* :class:`Diagnoser` is the emergency lane: its own deployment whose reserved replicas run an
-  engine for emergencies only.
+* :class:`ModelCatalog` (one replica, in the routine application) holds which registry version
+  serves each expert (``"CT/CHEST" -> "nodule:3"``). Admins change it at run time; every engine,
+  both lanes', polls it, so a new version takes over everywhere within about a second, without a
+  restart. :func:`catalog_handle` reaches it from the emergency application.
+* :class:`Engine` diagnoses in one replica: it reads and normalises the DICOM, runs the model on
+  dynamic batches (``@serve.batch``) in a worker thread, and multiplexes models by reference
+  (``@serve.multiplexed``, LRU of ``MODELS_PER_REPLICA``). Only pseudonyms leave it. Each lane's
+  ingress replicas run one (no extra hop on the hot path).
 """
 
 from __future__ import annotations
@@ -31,10 +30,13 @@ from medray.scheduling.load import current_node_type
 from workloads.diagnosis.config import DiagnosisArgs
 from workloads.diagnosis.pipeline import LoadedModel, load_model, predict, prepare
 
-__all__ = ["MODELS_PER_REPLICA", "SYNC_PERIOD_S", "ModelCatalog", "Engine", "Diagnoser"]
+__all__ = ["MODELS_PER_REPLICA", "SYNC_PERIOD_S", "CATALOG_WAIT_S", "ModelCatalog", "Engine", "catalog_handle",
+           "in_time",
+           "simulated_batch_s"]
 
 MODELS_PER_REPLICA = 3
 SYNC_PERIOD_S = 0.5
+CATALOG_WAIT_S = 120.0  # how long an emergency replica waits for the routine application's catalog
 _SEEN_TTL_S = 10.0
 
 log = get_logger("diagnosis")
@@ -98,6 +100,23 @@ class ModelCatalog:
         }
 
 
+def catalog_handle(app_name: str) -> Any:
+    """A handle to the model catalog of the routine application ``app_name``."""
+    return serve.get_deployment_handle("catalog", app_name=app_name)
+
+
+def simulated_batch_s(batch_ms: float, share: float, n: int) -> float:
+    """Seconds a simulated GPU is busy with a batch of ``n``: a fixed ``share`` of ``batch_ms`` plus the
+    rest per volume (``batch_ms`` is a batch of one's time). On one H200 the shipped model takes
+    0.28 ms for a batch of 1 and 0.23 ms for a batch of 8 (CUDA graphs, bf16): almost all fixed."""
+    return batch_ms / 1e3 * (share + (1.0 - share) * n)
+
+
+def in_time(queued_at: list[float], now: float, timeout_s: float) -> list[int]:
+    """Indexes of the requests queued at ``queued_at`` that waited at most ``timeout_s`` by ``now``."""
+    return [i for i, t in enumerate(queued_at) if now - t <= timeout_s]
+
+
 class _Resident:
     """A loaded model that takes itself off its replica's list when Serve's LRU unloads it."""
 
@@ -135,7 +154,8 @@ class Engine:
             limit_gpu_memory(sizes.gpu_memory_gb, share=sizes.num_gpus)
         # A simulated GPU (Ray reserved one, torch sees none) is busy as long as a real one would be.
         simulated = sizes.num_gpus > 0 and not torch.cuda.is_available()
-        self._gpu_s_per_volume = args.simulated_gpu_ms / 1e3 if simulated else 0.0
+        self._simulated_ms = args.simulated_gpu_ms if simulated else 0.0
+        self._queue_timeout_s = sizes.queue_timeout_s
         self._key = load_key(args.key_file)
         # Reading DICOM and running the model each get a thread, so they overlap, and the event
         # loop stays free to accept requests and form the next batch.
@@ -150,8 +170,24 @@ class Engine:
         self.experts: dict[str, str] = {}
 
     async def start(self) -> None:
-        """Fetch the routing table, load its models, then follow the catalog in the background."""
-        await self.follow(*await self._catalog.sync.remote(self._replica, self.lane, []))
+        """Fetch the routing table, load its models, then follow the catalog in the background.
+
+        The catalog lives in the routine application, which ``serve deploy`` starts alongside the
+        emergency one: an emergency replica waits for it (up to ``CATALOG_WAIT_S``).
+        """
+        deadline = time.monotonic() + CATALOG_WAIT_S
+        while True:
+            try:
+                answer = await self._catalog.sync.remote(self._replica, self.lane, [])
+                break
+            except Exception as e:  # the routine application not deployed (yet)
+                if time.monotonic() > deadline:
+                    raise MedrayError(
+                        f"lane {self.lane}: no model catalog after {CATALOG_WAIT_S:.0f} s ({type(e).__name__}): "
+                        f"deploy the routine application {self._args.app_name!r} too "
+                        "(both applications of deploy/serve-diagnosis.yaml)") from None
+                await asyncio.sleep(1.0)
+        await self.follow(*answer)
         self._sync_task = asyncio.get_running_loop().create_task(self._sync_forever())
 
     @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
@@ -199,7 +235,11 @@ class Engine:
             # On the event loop: decoding holds the GIL, so a thread would add a hand-off, not overlap.
             study = _prepare(instances, model, self._args, first)
             read_done = time.perf_counter()
-            probability = await self._infer((ref, study.x))
+            probability, batch_size = await self._infer((ref, study.x, time.monotonic()))
+            if probability is None:
+                return {"error": "queue_timeout",
+                        "message": f"the {self.lane} lane's model queue is longer than {self._queue_timeout_s:g} s: "
+                                   "retry later"}
         except DicomError as e:
             return {"error": e.reason, "message": e.message}
         except MedrayError as e:  # the model cannot be loaded: not the caller's fault
@@ -225,7 +265,7 @@ class Engine:
                 "patient_ref": pseudonym(self._key, study.patient_id, kind="patient") if study.patient_id.strip() else None,
                 "instances": study.n_instances,
             },
-            "served_by": {"lane": self.lane, "node_type": self.node_type},
+            "served_by": {"lane": self.lane, "node_type": self.node_type, "batch_size": batch_size},
             "timings_ms": {
                 "read_normalize": round((read_done - start) * 1e3, 2),
                 "batch_and_infer": round((done - read_done) * 1e3, 2),
@@ -233,43 +273,31 @@ class Engine:
         }
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def _infer(self, items: list[tuple[str, np.ndarray]]) -> list[float]:
-        # A batch may hold requests for several models (e.g. during a version switch): one
-        # forward pass per model.
+    async def _infer(self, items: list[tuple[str, np.ndarray, float]]) -> list[tuple[float | None, int]]:
+        # (probability, batch size) per item; None for a study that waited past the lane's queue
+        # timeout: it is answered 503 instead of taking the model's time (as Triton's queue policy).
+        # A batch may hold requests for several models (e.g. during a version switch): one forward
+        # pass per model.
         by_ref: dict[str, list[int]] = {}
-        for i, (ref, _) in enumerate(items):
-            by_ref.setdefault(ref, []).append(i)
-        probabilities = [0.0] * len(items)
+        for i in in_time([queued for _, _, queued in items], time.monotonic(), self._queue_timeout_s):
+            by_ref.setdefault(items[i][0], []).append(i)
+        answers: list[tuple[float | None, int]] = [(None, 0)] * len(items)
         loop = asyncio.get_running_loop()
         for ref, indexes in by_ref.items():
             model = (await self.get_model(ref)).model
             batch = np.stack([items[i][1] for i in indexes])
             for i, p in zip(indexes, await loop.run_in_executor(self._infer_pool, self._predict, model, batch)):
-                probabilities[i] = p
-        return probabilities
+                answers[i] = (p, len(indexes))
+        return answers
 
     def _predict(self, model: LoadedModel, batch: np.ndarray) -> list[float]:
         # In the one inference thread: batches wait for the (simulated) GPU as they would for a real one.
         start = time.perf_counter()
         probabilities = predict(model, batch)
-        time.sleep(max(0.0, self._gpu_s_per_volume * len(batch) - (time.perf_counter() - start)))
+        if self._simulated_ms:
+            busy = simulated_batch_s(self._simulated_ms, self._args.simulated_gpu_batch_share, len(batch))
+            time.sleep(max(0.0, busy - (time.perf_counter() - start)))
         return probabilities
-
-
-class Diagnoser:
-    """The emergency lane: replicas reserved for emergencies, reached from the ingress by handle.
-
-    The ingress sends each request with ``multiplexed_model_id=<ref>``, so Serve prefers a
-    replica that already holds the model.
-    """
-
-    async def __init__(self, lane: str, args: DiagnosisArgs, catalog: Any) -> None:
-        self._engine = Engine(lane, args, catalog)
-        await self._engine.start()
-
-    async def diagnose(self, instances: list[bytes]) -> dict[str, Any]:
-        """See :meth:`Engine.diagnose`; the model is the request's multiplexed model id."""
-        return await self._engine.diagnose(instances, serve.get_multiplexed_model_id())
 
 
 def _prepare(instances: list[bytes], model: LoadedModel, args: DiagnosisArgs, first: Dataset | None) -> Any:

@@ -1,4 +1,4 @@
-"""Run the diagnosis application on the Ray cluster this process is connected to, on a free local port.
+"""Run the diagnosis service (both lanes' applications) on the connected Ray cluster, on a free local port.
 
 For the demo, the tests and the benchmark (an in-process cluster has no dashboard, so
 ``serve deploy`` cannot reach it). On a real or ``medray up --local`` cluster use ``medray serve``.
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from medray.cluster.local_serve import free_port, serve_local
-from workloads.diagnosis.app import APP_NAME, build_app, unwatch_lanes
+from medray.broker.lanes import LANE_PREFIXES
+from medray.cluster.local_serve import LocalApp, free_port, serve_local
+from workloads.diagnosis.app import APP_NAME, build_app, build_emergency_app, lane_apps, unwatch_lanes
 from workloads.diagnosis.config import DiagnosisArgs
 
 __all__ = ["free_port", "http_targets", "run_local", "stop_local"]
@@ -18,12 +19,17 @@ __all__ = ["free_port", "http_targets", "run_local", "stop_local"]
 
 def run_local(args: dict[str, Any] | DiagnosisArgs, *, port: int | None = None,
               proxy_location: str = "HeadOnly") -> str:
-    """Start Serve on 127.0.0.1 (a free port unless given), deploy the app; returns its base URL.
+    """Start Serve on 127.0.0.1 (a free port unless given), deploy both lanes' applications (routine
+    first: it holds the model catalog); returns the base URL.
 
-    The app hands its lanes to the priority broker when one runs, unless ``args.broker`` is false
+    The apps hand their lanes to the priority broker when one runs, unless ``args.broker`` is false
     (:func:`medray.cluster.local_serve.serve_local` says why the port is a free one).
     """
-    return serve_local(build_app(args), name=APP_NAME, port=port, proxy_location=proxy_location)
+    args = args if isinstance(args, DiagnosisArgs) else DiagnosisArgs.model_validate(args)
+    names = lane_apps(args.app_name)
+    return serve_local([LocalApp(build_app(args), names["routine"]),
+                        LocalApp(build_emergency_app(args), names["emergency"], LANE_PREFIXES["emergency"])],
+                       port=port, proxy_location=proxy_location)
 
 
 def http_targets(app_name: str = APP_NAME, *, host: str | None = None) -> list[str]:

@@ -1,16 +1,17 @@
-"""A Ray Serve application on the connected cluster, named by import path, on a free port of 127.0.0.1.
+"""Ray Serve applications on the connected cluster, named by import path, on a free port of 127.0.0.1.
 
-What ``serve run package.module:app key=value`` does, for a cluster without a dashboard (the
-in-process local cluster of the demo, the tests and the benchmarks: ``serve deploy`` cannot reach
-it). The caller names the application by import path, so it need not import it: an application
-builder is called with ``args``, as Serve calls one.
+What ``serve run config.yaml`` does, for a cluster without a dashboard (the in-process local
+cluster of the demo, the tests and the benchmarks: ``serve deploy`` cannot reach it). The caller
+names each application by import path, so it need not import it: an application builder is
+called with ``args``, as Serve calls one.
 """
 
 from __future__ import annotations
 
 import importlib
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from medray.errors import ConfigError
@@ -18,7 +19,16 @@ from medray.errors import ConfigError
 if TYPE_CHECKING:
     from ray.serve import Application
 
-__all__ = ["free_port", "serve_local"]
+__all__ = ["LocalApp", "free_port", "serve_local"]
+
+
+@dataclass(frozen=True)
+class LocalApp:
+    """One application to deploy: an Application or the import path of one or of its builder."""
+
+    target: Any  # str | Application
+    name: str
+    route_prefix: str = "/"
 
 
 def free_port() -> int:
@@ -44,19 +54,19 @@ def _application(target: str | Application, args: Mapping[str, Any] | None) -> A
     return app
 
 
-def serve_local(target: str | Application, args: Mapping[str, Any] | None = None, *, name: str,
-                route_prefix: str = "/", port: int | None = None, proxy_location: str = "HeadOnly") -> str:
-    """Start Serve on 127.0.0.1 (a free port unless given) and deploy ``target`` as ``name``; its base URL.
+def serve_local(apps: Sequence[LocalApp], args: Mapping[str, Any] | None = None, *, port: int | None = None,
+                proxy_location: str = "HeadOnly") -> str:
+    """Start Serve on 127.0.0.1 (a free port unless given) and deploy ``apps`` in order; the base URL.
 
-    ``target`` is an application, or the import path of one or of its builder, which is called
-    with ``args``. A fixed port shared with other Serve instances on this machine would let the
-    kernel hand our connections to their proxies (Serve binds with SO_REUSEPORT): hence a free
-    port by default.
+    Builders are called with ``args``. A fixed port shared with other Serve instances on this
+    machine would let the kernel hand our connections to their proxies (Serve binds with
+    SO_REUSEPORT): hence a free port by default.
     """
     from ray import serve
 
-    app = _application(target, args)
+    built = [(_application(app.target, args), app) for app in apps]
     port = port or free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location=proxy_location)
-    serve.run(app, name=name, route_prefix=route_prefix)
+    for application, app in built:
+        serve.run(application, name=app.name, route_prefix=app.route_prefix)
     return f"http://127.0.0.1:{port}"

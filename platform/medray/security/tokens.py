@@ -10,9 +10,11 @@ Tokens are 256-bit random strings made by :func:`new_token`, so a plain SHA-256 
 them: there is nothing to brute-force, and a per-request slow hash would cost every request
 milliseconds. A token is shown once, when it is created; the service never sees it in clear again.
 
-Scopes: ``clinic`` (diagnosis requests), ``research`` (read-only model information) and ``admin``
-(operations such as switching the served model version). A client holds one or more scopes; a
-route names the scopes it accepts, so clinic tokens never reach research or admin routes.
+Scopes: ``clinic`` (routine diagnosis requests), ``emergency`` (the reserved emergency lane: a
+token must hold it, ``clinic`` alone is refused there), ``research`` (read-only model information)
+and ``admin`` (operations such as switching the served model version). A client holds one or more
+scopes; a route names the scopes it accepts, so clinic tokens never reach the emergency, research
+or admin routes.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ __all__ = [
     "remove_client",
 ]
 
-SCOPES: tuple[str, ...] = ("clinic", "research", "admin")
+SCOPES: tuple[str, ...] = ("clinic", "emergency", "research", "admin")
 TOKEN_PREFIX = "mdr_"
 _FILE_VERSION = 1
 _HEX64 = frozenset("0123456789abcdef")

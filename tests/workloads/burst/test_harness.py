@@ -21,14 +21,14 @@ import ray
 
 from medray.broker.actor import serve_replicas, start_broker, stop_broker
 from medray.broker.client import broker_summary
-from medray.broker.lanes import PRIORITY_HEADER
+from medray.broker.lanes import lane_url
 from medray.broker.policy import BrokerPolicy
 from medray.cluster import ray_internals
 from medray.cluster.node_types import load_node_types
 from tests.workloads.research.conftest import write_training_data
 from workloads.burst.harness import (
+    LANE_APPS,
     LANE_DEPLOYMENTS,
-    SERVICE_APP,
     BurstPlan,
     PhaseResult,
     prepare_kit,
@@ -73,19 +73,19 @@ def run_state():
 
 def emergency_node_types():
     types = {n["NodeID"]: n["Labels"]["medray.io/node-type"] for n in ray.nodes() if n["Alive"]}
-    pending, nodes = serve_replicas(SERVICE_APP, LANE_DEPLOYMENTS["emergency"])
+    pending, nodes = serve_replicas(LANE_APPS["emergency"], LANE_DEPLOYMENTS["emergency"])
     return pending, sorted(types[n] for n in nodes)
 
 
 def burst(url, kit, roles):
     """Emergency studies from CLIENTS clients until one is answered on a training node; its answers."""
-    headers = {"Authorization": f"Bearer {kit.token}", "Content-Type": kit.content_type, PRIORITY_HEADER: "emergency"}
+    headers = {"Authorization": f"Bearer {kit.token}", "Content-Type": kit.content_type}
     answers, stop = [], threading.Event()
 
     def client():
         with httpx.Client(base_url=url, timeout=120, headers=headers) as c:
             while not stop.is_set():
-                r = c.post("/v1/diagnose", content=kit.body)
+                r = c.post(lane_url("emergency", "/v1/diagnose"), content=kit.body)
                 node_type = r.json()["served_by"]["node_type"] if r.status_code == 200 else None
                 answers.append((r.status_code, node_type))
                 if roles.get(node_type) == "train":

@@ -28,7 +28,7 @@ def service_dir(tmp_path_factory):
     (root / "registry").mkdir()
     register_seeded(root / "registry", seed=1)
     tokens = {scope: add_client(root / "tokens.json", f"{scope}-client", [scope])
-              for scope in ("clinic", "research", "admin")}
+              for scope in ("clinic", "emergency", "research", "admin")}
     key = root / "deid.key"
     key.write_text(secrets.token_hex(32))
     key.chmod(0o600)

@@ -6,13 +6,14 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from medray.broker.lanes import LANE_PREFIXES
 from medray.cli.serve import resolve_config
 from workloads.diagnosis.app import deployment_options
 from workloads.diagnosis.config import DiagnosisArgs
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIGS = sorted((REPO / "deploy").glob("serve-*.yaml"))
-APP_ARGS = {"workloads.diagnosis:app": DiagnosisArgs}
+APP_ARGS = {"workloads.diagnosis:app": DiagnosisArgs, "workloads.diagnosis:emergency_app": DiagnosisArgs}
 
 
 def test_there_is_a_serve_config():
@@ -29,6 +30,16 @@ def test_shipped_serve_config_is_valid(path):
         assert set(options) == {"ingress", "emergency", "catalog"}
         # Placement lives in the app builder, not in the file.
         assert all("ray_actor_options" not in d.model_dump(exclude_unset=True) for d in app.deployments)
+
+
+def test_each_lane_is_an_application_with_its_own_route_and_the_same_args():
+    config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "deploy" / "serve-diagnosis.yaml").read_text()))
+    apps = {app.import_path: app for app in config.applications}
+    routine, emergency = apps["workloads.diagnosis:app"], apps["workloads.diagnosis:emergency_app"]
+    assert routine.args == emergency.args
+    args = DiagnosisArgs.model_validate(routine.args)
+    assert (routine.name, routine.route_prefix) == (args.app_name, "/")
+    assert (emergency.name, emergency.route_prefix) == (args.emergency_app_name, LANE_PREFIXES["emergency"])
 
 
 def test_medray_serve_overrides_args_and_port_and_revalidates(tmp_path):

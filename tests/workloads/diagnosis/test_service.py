@@ -1,13 +1,15 @@
 """The diagnosis service on the shared local cluster: real Serve, real HTTP, real DICOM.
 
-One deployment for the whole module. Its routine lane is deliberately tiny (one ingress replica,
-two routine requests at once, two waiting) so that the priority test can saturate it.
+One deployment (both lanes' applications) for the whole module. Its routine lane is deliberately
+tiny (one ingress replica, two routine requests at once, two waiting) so that the priority test
+can saturate it; its simulated GPUs take 40 ms a batch of one, so that batches form under load.
 """
 
 import io
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydicom.data import get_testdata_file
 
+from medray.broker.lanes import lane_url
 from medray.cluster import ray_internals
 from medray.dicom.multipart import encode_series
 from medray.privacy.pseudonym import load_key, pseudo_uid, pseudonym
@@ -39,11 +42,14 @@ class Service:
     # Upper case too: DICOM code fields are upper-cased when read.
     phi: set = field(default_factory=lambda: {*_dicom.PHI, *(p.upper() for p in _dicom.PHI)})
 
-    def post(self, body, content_type="application/dicom", *, token="clinic", headers=None, **kw):
+    def post(self, body, content_type="application/dicom", *, lane="routine", token=None, headers=None, **kw):
+        """POST to ``lane``'s diagnose route, with a token of the lane's scope unless ``token`` names
+        another scope (False: none)."""
         h = {"Content-Type": content_type, **(headers or {})}
+        token = token if token is not None else {"routine": "clinic", "emergency": "emergency"}[lane]
         if token:
             h["Authorization"] = f"Bearer {self.tokens[token]}"
-        r = self.client.post("/v1/diagnose", content=body, headers=h, **kw)
+        r = self.client.post(lane_url(lane, "/v1/diagnose"), content=body, headers=h, **kw)
         self.request_ids.append(r.headers.get("x-medray-request-id"))
         return r
 
@@ -63,6 +69,7 @@ def service(ray_cluster, service_dir):
         "experts": {"CT/CHEST": "nodule:latest", "CT/*": "nodule:latest"},
         "max_body_mb": MAX_BODY_MB,
         "max_instance_pixels": 512 * 512,
+        "simulated_gpu_ms": 40,
         "lanes": {
             "routine": {"min_replicas": 1, "max_replicas": 1, "max_ongoing_requests": 2, "max_queued_requests": 2},
             "emergency": {"min_replicas": 1, "max_replicas": 1},
@@ -195,13 +202,18 @@ def test_bad_input_gets_its_status_and_the_service_keeps_serving(service, name):
 
 def test_tokens_and_scopes(service):
     slice_ = _dicom.ct_slice()
-    missing = service.post(slice_, token=None)
+    missing = service.post(slice_, token=False)
     assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
     forged = service.client.post("/v1/diagnose", content=slice_, headers={
         "Authorization": "Bearer mdr_forged", "Content-Type": "application/dicom"})
     assert forged.status_code == 401 and forged.json()["error"] == "unknown_token"
     assert service.post(slice_, token="research").status_code == 403
     assert service.post(slice_, token="admin").status_code == 403
+    # The emergency lane needs its own scope: a clinic token cannot claim it, nor the reverse.
+    claimed = service.post(slice_, lane="emergency", token="clinic")
+    assert (claimed.status_code, claimed.json()["error"]) == (403, "wrong_scope")
+    assert service.post(slice_, lane="routine", token="emergency").status_code == 403
+    assert service.post(slice_, lane="emergency").status_code == 200
 
     def get_models(token):
         return service.client.get("/v1/models", headers={"Authorization": f"Bearer {service.tokens[token]}"})
@@ -217,15 +229,36 @@ def test_tokens_and_scopes(service):
     for open_route in ("/healthz", "/docs", "/openapi.json"):
         assert service.client.get(open_route).status_code == 200
     assert "/v1/diagnose" in service.client.get("/openapi.json").json()["paths"]
+    assert service.client.get("/emergency/healthz").json()["lane"] == "emergency"
 
+
+def test_the_priority_header_is_redirected_unread_to_the_emergency_ingress(service):
+    r = service.post(_dicom.ct_slice(), headers={"X-Medray-Priority": "emergency"})
+    assert r.status_code == 307 and r.headers["location"] == "/emergency/v1/diagnose"
+    assert r.content == b""
+    # A client that follows redirects (307 keeps method and body) is served by the emergency lane,
+    # if its token holds the emergency scope.
+    followed = service.post(_dicom.ct_slice(), headers={"X-Medray-Priority": "emergency"}, token="emergency",
+                            follow_redirects=True)
+    assert followed.status_code == 200 and followed.json()["served_by"]["lane"] == "emergency"
 
 def test_replicas_run_on_inference_nodes(service, node_types):
     roles = {t.name: t.role for t in node_types}
     for lane in ("routine", "emergency"):
-        r = service.post(_dicom.ct_slice(), headers={"X-Medray-Priority": lane})
+        r = service.post(_dicom.ct_slice(), lane=lane)
         served = r.json()["served_by"]
-        assert served["lane"] == lane
-        assert roles[served["node_type"]] == "infer" and roles[served["ingress_node_type"]] == "infer"
+        assert served["lane"] == lane and roles[served["node_type"]] == "infer"
+
+
+def test_batches_form_under_load(service):
+    # Eight emergencies at once on one replica whose simulated GPU is busy 40 ms a batch: the ones
+    # that arrive while a batch runs go into the next one together.
+    slice_ = _dicom.ct_slice()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: service.post(slice_, lane="emergency"), range(16)))
+    assert [r.status_code for r in answers] == [200] * 16
+    sizes = [r.json()["served_by"]["batch_size"] for r in answers]
+    assert max(sizes) >= 2 and all(1 <= n <= 8 for n in sizes), sizes
 
 
 def test_emergency_lane_answers_while_the_routine_lane_is_saturated(service, cohort):
@@ -248,8 +281,7 @@ def test_emergency_lane_answers_while_the_routine_lane_is_saturated(service, coh
         while not any(s == 503 for s, _ in routine):
             assert time.monotonic() < deadline, f"the routine lane never filled up: {routine[:20]}"
             time.sleep(0.05)
-        emergency = [service.post(body, content_type, headers={"X-Medray-Priority": "emergency"}, timeout=30)
-                     for _ in range(5)]
+        emergency = [service.post(body, content_type, lane="emergency", timeout=30) for _ in range(5)]
         rejected_meanwhile = sum(s == 503 for s, _ in routine)
     finally:
         stop.set()

@@ -141,3 +141,18 @@ def test_pipeline_runs_the_medray_normalisation_and_is_deterministic(tmp_path):
     with pytest.raises(DicomError) as e:
         prepare(instances, model.spec, max_pixels=100)
     assert e.value.reason == "too_large"
+
+
+def test_a_simulated_gpu_batch_costs_a_fixed_share_once_and_the_rest_per_volume():
+    from workloads.diagnosis.deployments import simulated_batch_s
+
+    assert simulated_batch_s(300, 0.8, 1) == pytest.approx(0.3)
+    assert simulated_batch_s(300, 0.8, 8) == pytest.approx(0.3 * (0.8 + 0.2 * 8))
+    assert simulated_batch_s(300, 0.0, 8) == pytest.approx(2.4)  # share 0: no batching gain
+
+
+def test_studies_queued_past_the_lane_timeout_are_not_run():
+    from workloads.diagnosis.deployments import in_time
+
+    assert in_time([0.0, 5.0, 9.5], now=10.0, timeout_s=1.0) == [2]
+    assert in_time([], now=10.0, timeout_s=1.0) == []
