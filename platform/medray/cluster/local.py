@@ -40,6 +40,7 @@ __all__ = [
     "local_cluster",
     "up",
     "down",
+    "cluster_processes",
     "running_state",
     "enable_client_token_auth",
     "connect",
@@ -306,7 +307,8 @@ def down() -> bool:
     return True
 
 
-def _stop_marked(cluster_id: str, grace_s: float = 10.0) -> None:
+def cluster_processes(cluster_id: str) -> list[Any]:
+    """The ``psutil.Process`` es of the local cluster ``cluster_id`` (they carry its marker)."""
     import psutil
 
     procs = []
@@ -316,6 +318,13 @@ def _stop_marked(cluster_id: str, grace_s: float = 10.0) -> None:
                 procs.append(proc)
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
+    return procs
+
+
+def _stop_marked(cluster_id: str, grace_s: float = 10.0) -> None:
+    import psutil
+
+    procs = cluster_processes(cluster_id)
     for proc in procs:
         try:
             proc.terminate()
