@@ -6,13 +6,27 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from medray.cli import audit, auth, demo, down, guards, kuberay, models, ray_start, serve, status, synth, up
+from medray.cli import (
+    audit,
+    auth,
+    demo,
+    down,
+    guards,
+    key,
+    kuberay,
+    models,
+    ray_start,
+    serve,
+    status,
+    synth,
+    up,
+)
 from medray.errors import MedrayError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # One module per command, each with add_parser(subparsers) and run(args) -> int; in --help's order.
-COMMANDS = (up, down, status, guards, ray_start, synth, kuberay, models, demo, audit, auth, serve)
+COMMANDS = (up, down, status, guards, ray_start, synth, kuberay, models, demo, audit, auth, key, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

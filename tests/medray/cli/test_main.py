@@ -4,7 +4,8 @@ import pytest
 
 from medray.cli.main import COMMANDS, build_parser, main
 
-EXPECTED = ["up", "down", "status", "guards", "ray-start", "synth", "kuberay", "models", "demo", "audit", "token", "serve"]
+EXPECTED = ["up", "down", "status", "guards", "ray-start", "synth", "kuberay", "models", "demo", "audit", "token", "key",
+            "serve"]
 
 
 def test_the_parser_lists_every_command_in_order_and_each_module_has_the_same_shape():
