@@ -6,6 +6,11 @@ config with Serve's own schema, applies ``--arg`` overrides to the applications'
 runs ``serve deploy`` against the cluster's dashboard (``medray up --local`` starts one), then waits
 until every application is running. ``--foreground`` uses ``serve run`` instead (no dashboard
 needed; Ctrl-C stops the service).
+
+Before deploying it checks what the replicas would otherwise fail on (:mod:`medray.cli.preflight`):
+every problem is one line naming its fix, exit code 2, nothing deployed. ``--init`` first creates
+what a first run lacks and can be made here (the key file, a token file with one clinic client);
+a deploy that fails anyway stops at the first failed deployment and prints its error.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 from medray.errors import ConfigError, MedrayError
 
-__all__ = ["DEFAULT_CONFIG", "add_parser", "resolve_config", "run"]
+__all__ = ["DEFAULT_CONFIG", "add_parser", "failures", "first_run", "resolve_config", "run"]
 
 DEFAULT_CONFIG = "deploy/serve-diagnosis.yaml"
 
@@ -69,6 +74,31 @@ def _dashboard_address() -> str:
     return "http://127.0.0.1:8265"
 
 
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    # Serve's message is a generic sentence, then "Error:" and the replica's traceback, whose
+    # last line (the exception raised by the constructor, which sees no request data) says why.
+    return (lines[-1] if "Traceback" in text else lines[0])[:400]
+
+
+def failures(apps: dict[str, Any]) -> list[str]:
+    """One line per failed deployment (else failed application) of ``serve status``'s ``applications``."""
+    lines = []
+    for name, app in apps.items():
+        failed = [f"{name}/{d}: {dep.get('status')}: {_last_line(dep.get('message') or '')}"
+                  for d, dep in (app.get("deployments") or {}).items()
+                  if dep.get("status") in _FAILED]
+        if not failed and app.get("status") in _FAILED:
+            failed = [f"{name}: {app.get('status')}: {_last_line(app.get('message') or '')}"]
+        lines += failed
+    return lines
+
+
+_FAILED = ("DEPLOY_FAILED", "UNHEALTHY")
+
+
 def _wait_running(address: str, env: dict[str, str], timeout_s: float) -> dict[str, str]:
     import yaml
 
@@ -82,12 +112,33 @@ def _wait_running(address: str, env: dict[str, str], timeout_s: float) -> dict[s
             statuses = {name: app.get("status", "?") for name, app in apps.items()}
             if statuses and all(s == "RUNNING" for s in statuses.values()):
                 return statuses
-            failed = {n: s for n, s in statuses.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")}
-            if failed:
-                raise MedrayError(f"applications failed to deploy: {failed}; see `serve status --address {address}`")
+            if failed := failures(apps):
+                raise MedrayError("the deploy failed:\n  " + "\n  ".join(failed)
+                                  + f"\n(details: `serve status --address {address}`; "
+                                    "`medray serve --stop` removes the failed application)")
         time.sleep(2)
     raise MedrayError(f"applications not running after {timeout_s:.0f} s: {statuses}; "
                       f"see `serve status --address {address}`")
+
+
+def first_run(config: dict[str, Any]) -> list[str]:
+    """Create what the config's ``args`` name but a fresh machine lacks (key file, token file); say what."""
+    from medray.cli.key import create_key
+    from medray.cli.preflight import DEFAULT_TOKEN_CLIENT, shown
+    from medray.security.tokens import add_client
+
+    done = []
+    for app in config.get("applications") or []:
+        args = app.get("args") or {}
+        for arg in ("key_file", "audit_key_file"):
+            if args.get(arg) and not (path := Path(os.path.expanduser(args[arg]))).exists():
+                done.append(create_key(str(path)) if path.is_absolute() else f"{arg} is relative: not created")
+        if args.get("tokens") and not (path := Path(os.path.expanduser(args["tokens"]))).exists():
+            name, scope = DEFAULT_TOKEN_CLIENT
+            token = add_client(path, name, [scope])
+            done.append(f"token file {shown(path)} created with client {name!r} (scope {scope}); its token, "
+                        f"shown only this once: {token}")
+    return done
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,6 +158,19 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--arg takes KEY=VALUE, got {item!r}")
         overrides[key] = _parse_value(value)
     config = resolve_config(args.config, args=overrides, port=args.port)
+    if args.init:
+        for line in first_run(config):
+            print(line)
+    if not args.no_check:
+        from medray.cli.preflight import check_serve_config
+
+        problems = check_serve_config(config, address=args.address, cluster=not args.foreground)
+        for problem in problems:
+            print(f"medray serve: {problem}", file=sys.stderr)
+        if problems:
+            print(f"medray serve: nothing deployed ({len(problems)} problem(s); `--no-check` skips these checks)",
+                  file=sys.stderr)
+            return 2
     resolved = state_file().parent / f"serve-{Path(args.config).stem}.resolved.yaml"
     resolved.parent.mkdir(parents=True, exist_ok=True)
     import yaml
@@ -136,4 +200,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for RUNNING")
     p.add_argument("--foreground", action="store_true", help="`serve run` in this terminal instead of deploying")
     p.add_argument("--stop", action="store_true", help="shut down every Serve application of the cluster")
+    p.add_argument("--init", action="store_true",
+                   help="first run: create the key file and a token file (one clinic client) the config names, "
+                        "if absent, then check and deploy")
+    p.add_argument("--no-check", action="store_true",
+                   help="deploy without first checking models, token file, key, audit log, port and cluster")
     p.set_defaults(func=run)
