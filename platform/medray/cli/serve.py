@@ -74,6 +74,9 @@ def _dashboard_address() -> str:
     return "http://127.0.0.1:8265"
 
 
+_FAILED = ("DEPLOY_FAILED", "UNHEALTHY")
+
+
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
@@ -94,9 +97,6 @@ def failures(apps: dict[str, Any]) -> list[str]:
             failed = [f"{name}: {app.get('status')}: {_last_line(app.get('message') or '')}"]
         lines += failed
     return lines
-
-
-_FAILED = ("DEPLOY_FAILED", "UNHEALTHY")
 
 
 def _wait_running(address: str, env: dict[str, str], timeout_s: float) -> dict[str, str]:
@@ -133,7 +133,8 @@ def first_run(config: dict[str, Any]) -> list[str]:
         for arg in ("key_file", "audit_key_file"):
             if args.get(arg) and not (path := Path(os.path.expanduser(args[arg]))).exists():
                 done.append(create_key(str(path)) if path.is_absolute() else f"{arg} is relative: not created")
-        if args.get("tokens") and not (path := Path(os.path.expanduser(args["tokens"]))).exists():
+        if args.get("tokens") and (path := Path(os.path.expanduser(args["tokens"]))).is_absolute() \
+                and not path.exists():
             name, scope = DEFAULT_TOKEN_CLIENT
             token = add_client(path, name, [scope])
             done.append(f"token file {shown(path)} created with client {name!r} (scope {scope}); its token, "
