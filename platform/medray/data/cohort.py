@@ -21,7 +21,9 @@ The parts: :mod:`~medray.data.anatomy` (the phantom and its HU volume), :mod:`~m
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,18 +61,28 @@ class CohortSummary:
     seed: int
 
 
+def _write_patient(out: Path, patient: Patient, geom: Geometry, image_seq: np.random.SeedSequence,
+                   uid_context: str) -> tuple[str, str]:
+    """Render and write one patient's series; its own random stream, so the order of patients is free."""
+    volume = render(patient.anatomy, patient.nodule, geom, np.random.default_rng(image_seq))
+    return write_series(out / patient.series_dir, patient, geom, volume, uid_context)
+
+
 def generate_cohort(out_dir: str | Path, *, patients: int, seed: int = 0, rows: int = 128,
                     slices: int = 20, pixel_spacing_mm: float = 3.0,
                     slice_thickness_mm: float = 5.0,
-                    nodule_fraction: float = 0.5) -> CohortSummary:
+                    nodule_fraction: float = 0.5, workers: int = 1) -> CohortSummary:
     """Write a synthetic chest CT + EMR cohort of ``patients`` people under ``out_dir``.
 
     Slices are ``rows`` x ``rows`` pixels. Exactly ``round(patients * nodule_fraction)`` patients
     get a nodule. ``out_dir`` must be empty, missing, or hold a previous cohort (replaced).
+    ``workers`` > 1 writes the series in that many processes (the files are the same).
     Raises :class:`~medray.errors.ConfigError` for invalid arguments.
     """
     geom = Geometry(rows, slices, float(pixel_spacing_mm), float(slice_thickness_mm))
     _validate(patients, seed, geom, nodule_fraction)
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     out = Path(out_dir)
     _prepare_out_dir(out)
 
@@ -80,10 +92,14 @@ def generate_cohort(out_dir: str | Path, *, patients: int, seed: int = 0, rows: 
     uid_context = json.dumps({"seed": seed, "rows": rows, "slices": slices,
                               "spacing": geom.spacing_mm, "thickness": geom.thickness_mm,
                               "patients": patients, "nodule_fraction": nodule_fraction})
-    series_uids = []
-    for patient, image_rng in zip(cohort, image_seq.spawn(patients)):
-        volume = render(patient.anatomy, patient.nodule, geom, np.random.default_rng(image_rng))
-        series_uids.append(write_series(out / patient.series_dir, patient, geom, volume, uid_context))
+    jobs = [(out, patient, geom, image_rng, uid_context)
+            for patient, image_rng in zip(cohort, image_seq.spawn(patients))]
+    if workers == 1 or patients == 1:
+        series_uids = [_write_patient(*job) for job in jobs]
+    else:
+        # Spawned, not forked: the caller may hold threads (a Ray driver does) that a fork would copy half-way.
+        with ProcessPoolExecutor(min(workers, patients), mp_context=multiprocessing.get_context("spawn")) as pool:
+            series_uids = list(pool.map(_write_patient, *zip(*jobs), chunksize=max(1, patients // (4 * workers))))
 
     emr = draw_emr(np.random.default_rng(emr_seq), cohort)
     write_emr(out / "emr", cohort, emr)
