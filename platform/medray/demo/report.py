@@ -1,10 +1,11 @@
 """The demo report: one self-contained HTML page (``medray-demo/report.html``) next to its PNGs.
 
-It shows the node table by role, where each stage ran, every stage's summary and every figure the
-stages produced. A stage adds figures by returning ``"figures": [{"path": …, "caption": …}]`` with
-paths relative to the demo's output folder (:func:`figure_entry` builds one for a PNG that
-:mod:`medray.demo.figures` wrote under ``FIGURES_DIR``). Nothing in it may carry PHI: stages only hand
-over pseudonymous, de-identified material.
+It shows the node table by role, where each stage ran, every stage's summary (a list of dicts, e.g.
+the diagnosis stage's ``findings``, as a table) and every figure the stages produced. A stage adds
+figures by returning ``"figures": [{"path": …, "caption": …}]`` with paths relative to the demo's
+output folder (:func:`figure_entry` builds one for a PNG that :mod:`medray.demo.figures` wrote under
+``FIGURES_DIR``). Nothing in it may carry PHI: stages only hand over pseudonymous, de-identified
+material.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def _scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool)) or value is None
 
 
+def _records(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
 def _stage_section(name: str, result: dict[str, Any]) -> str:
     facts = [[k, v] for k, v in result.items() if k not in ("figures", "where") and _scalar(v)]
     nested = {k: v for k, v in result.items() if k not in ("figures", "where") and not _scalar(v)}
@@ -74,6 +79,10 @@ def _stage_section(name: str, result: dict[str, Any]) -> str:
             f"<code>{_e(work)}</code> → <b>{_e(node_type)}</b>"
             for work, node_type in result["where"].items()) + "</p>")
     for key, value in nested.items():
+        if _records(value):
+            headers = list(dict.fromkeys(k for record in value for k in record))
+            parts.append(f"<h4>{_e(key)}</h4>" + _table(headers, [[r.get(h, "") for h in headers] for r in value]))
+            continue
         parts.append(f"<details><summary>{_e(key)}</summary><pre>{_e(json.dumps(value, indent=2, default=str))}</pre></details>")
     for fig in result.get("figures", []):
         parts.append(f'<figure><img src="{_e(fig["path"])}" alt="{_e(fig.get("caption", ""))}">'
