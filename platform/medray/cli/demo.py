@@ -13,7 +13,7 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("demo", help="the end-to-end demo on the embedded local cluster")
     p.add_argument("--out", default="medray-demo")
     p.add_argument("--config")
-    p.add_argument("--patients", type=int, default=24)
+    p.add_argument("--patients", type=int, help="synthetic cohort size (default: medray.demo.runner.DEMO_PATIENTS)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="*", help="run only these stages (e.g. cluster placement)")
     p.set_defaults(func=run)
@@ -21,8 +21,9 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo's stages (all, or ``--only`` these) into ``--out``."""
-    from medray.demo.runner import run_demo
+    from medray.demo.runner import DEMO_PATIENTS, run_demo
 
-    run_demo(args.out, config=args.config, patients=args.patients, seed=args.seed,
+    patients = DEMO_PATIENTS if args.patients is None else args.patients
+    run_demo(args.out, config=args.config, patients=patients, seed=args.seed,
              only=set(args.only) if args.only else None)
     return 0

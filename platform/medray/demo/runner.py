@@ -3,13 +3,16 @@
 The platform's own stages run first: the node table, one task per role (showing where each one
 ran), site pinning, and a synthetic cohort. Workload stages plug in through the entry-point group
 ``medray.demo_stages`` (``"<order>-<name>" = "module:function"``), so the platform never imports
-its workloads. A stage takes the :class:`DemoContext` and returns a short summary dict.
+its workloads. A stage takes the :class:`DemoContext` and returns a short summary dict; later
+stages read earlier ones' summaries from ``ctx.results`` (the training stage's ``split`` names the
+file of its patient split, so the diagnosis stage sends only held-out patients' studies).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,9 +25,14 @@ from medray.demo.report import write_report
 from medray.scheduling.options import place
 from medray.scheduling.placement import WorkloadProfile
 
-__all__ = ["STAGE_GROUP", "DemoContext", "run_demo"]
+__all__ = ["DEMO_PATIENTS", "REPORT_ONLY", "STAGE_GROUP", "DemoContext", "run_demo"]
 
 STAGE_GROUP = "medray.demo_stages"
+# Big enough for the demo's model to learn to find the nodule and be scored on 60 held-out patients
+# (docs/research.md, "Demo stage"); synthesising and preprocessing them takes about 1 minute on 2 cores.
+DEMO_PATIENTS = 240
+# Summary keys that only the report shows (a table each), not the console's one-line summaries.
+REPORT_ONLY = frozenset({"figures", "findings"})
 Stage = Callable[["DemoContext"], dict[str, Any]]
 
 
@@ -45,6 +53,11 @@ class DemoContext:
     @property
     def registry(self) -> Path:
         return self.out / "registry"
+
+    @property
+    def split_file(self) -> Path:
+        """The training stage's patient split: JSON ``{"model", "held_out", "train"}``, pseudonyms only."""
+        return self.out / "split.json"
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -100,7 +113,8 @@ def stage_synth(ctx: DemoContext) -> dict[str, Any]:
     """Write the synthetic cohort (DICOM + EMR) that later stages use."""
     from medray.data.cohort import generate_cohort
 
-    summary = generate_cohort(ctx.cohort, patients=ctx.patients, seed=ctx.seed)
+    # Writing DICOM is CPU-bound (pydicom) and the cluster idles meanwhile: one process per core.
+    summary = generate_cohort(ctx.cohort, patients=ctx.patients, seed=ctx.seed, workers=os.cpu_count() or 1)
     ctx.say(f"cohort: {summary.patients} patients ({summary.with_nodule} with a nodule), "
             f"{summary.dicom_files} DICOM files -> {ctx.cohort}")
     return {"patients": summary.patients, "with_nodule": summary.with_nodule,
@@ -127,7 +141,7 @@ def run_demo(
     out: str | Path = "medray-demo",
     *,
     config: str | Path | None = None,
-    patients: int = 24,
+    patients: int = DEMO_PATIENTS,
     seed: int = 0,
     only: set[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
@@ -150,7 +164,7 @@ def run_demo(
             ctx.results[name] = {**stage(ctx), "seconds": round(time.monotonic() - start, 1)}
     ctx.say("\n== summary ==")
     for name, result in ctx.results.items():
-        shown = {k: v for k, v in result.items() if k != "figures"}  # the report shows them
+        shown = {k: v for k, v in result.items() if k not in REPORT_ONLY}
         ctx.say(f"{name:18} {json.dumps(shown, default=str)}")
     (out / "summary.json").write_text(json.dumps(ctx.results, indent=2, default=str))
     report = write_report(out, ctx.results)
