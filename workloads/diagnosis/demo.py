@@ -2,13 +2,18 @@
 
 It uses the newest ``nodule`` model that the research stage registered in ``ctx.registry``, the
 demo's de-identification key (``ctx.out/deid.key``, shared with preprocessing, so pseudonyms
-match). It writes its tokens and audit log under ``ctx.out/diagnosis/`` and two figures under
+match) and the training stage's patient split (the file its summary's ``split`` names): it sends
+:data:`HELD_OUT` studies of patients the model never trained on, half of them with a nodule, the
+last one through the emergency lane, plus pydicom's ``CT_small.dcm``, and counts the right
+findings against the cohort's ground truth. Without a training stage in the run (``--only
+diagnosis``) it sends the cohort's last studies and says that their split is unknown. It writes its tokens and audit log under ``ctx.out/diagnosis/`` and two figures under
 ``ctx.out/figures/``: the studies it sent with the model's findings (``diagnosis-findings.png``) and
 where each request's time went (``diagnosis-latency.png``).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +31,7 @@ from medray.dicom.volume import DEFAULT_MAX_PIXELS
 from medray.errors import RegistryError
 from medray.imaging.normalize import InputSpec
 from medray.models.registry import resolve
-from medray.privacy.pseudonym import ensure_key_file
+from medray.privacy.pseudonym import ensure_key_file, load_key, pseudonym
 from medray.security.audit import verify_chain
 from medray.security.tokens import add_client
 from workloads.diagnosis.local import run_local, stop_local
@@ -34,7 +39,7 @@ from workloads.diagnosis.pipeline import prepare
 
 __all__ = ["HELD_OUT", "stage"]
 
-HELD_OUT = 4  # the cohort's last studies
+HELD_OUT = 6  # held-out patients' studies sent (half with a nodule where the split has enough)
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,8 @@ class _Request:
     truth: bool | None  # nodule in the ground truth; None where unknown
     lane: str
     instances: list[bytes] = field(repr=False)
+    patient: str | None = None  # the patient's pseudonym (as in the shards and the split)
+    split: str = "-"  # "held-out", or "unknown" when no training split is known
 
 
 @dataclass(frozen=True)
@@ -52,18 +59,37 @@ class _Answer:
     latency_ms: float  # as the client saw it
 
 
-def _held_out(cohort: Path, n: int) -> list[_Request]:
+def _held_out_patients(ctx: DemoContext) -> frozenset[str] | None:
+    """The held-out pseudonyms of this run's training stage (its summary's ``split``), or None."""
+    for result in ctx.results.values():
+        if "split" in result:
+            return frozenset(json.loads(Path(result["split"]).read_text())["held_out"])
+    return None
+
+
+def _held_out(cohort: Path, key: bytes, held_out: frozenset[str] | None, n: int) -> list[_Request]:
     import pyarrow.parquet as pq
 
-    truth = pq.read_table(cohort / "ground_truth.parquet", columns=["series_dir", "has_nodule"]).to_pylist()
-    rows = sorted(truth, key=lambda r: r["series_dir"])[-n:]
+    truth = pq.read_table(cohort / "ground_truth.parquet", columns=["mrn", "series_dir", "has_nodule"]).to_pylist()
+    rows = sorted(truth, key=lambda r: r["series_dir"])
+    for row in rows:
+        row["patient"] = pseudonym(key, row["mrn"], kind="patient")  # the MRN stays here
+    if held_out is None:
+        chosen, split = rows[-n:], "unknown"
+    else:
+        rows = [r for r in rows if r["patient"] in held_out]
+        with_nodule, without = [r for r in rows if r["has_nodule"]], [r for r in rows if not r["has_nodule"]]
+        n_with = min(len(with_nodule), max(n // 2, n - len(without)))
+        chosen = sorted(without[:n - n_with] + with_nodule[:n_with], key=lambda r: r["series_dir"])
+        split = "held-out"
     studies = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(chosen):
         series_dir = cohort / row["series_dir"] if not Path(row["series_dir"]).is_absolute() else Path(row["series_dir"])
         files = sorted(series_dir.glob("*.dcm"))
         # The last one is sent as an emergency, through the reserved lane.
         studies.append(_Request(series_dir.parent.name, bool(row["has_nodule"]),
-                                "emergency" if i == len(rows) - 1 else "routine", [f.read_bytes() for f in files]))
+                                "emergency" if i == len(chosen) - 1 else "routine", [f.read_bytes() for f in files],
+                                patient=row["patient"], split=split))
     return studies
 
 
@@ -89,13 +115,14 @@ def _findings_figure(ctx: DemoContext, spec: InputSpec, answers: list[_Answer]) 
     volumes = [prepare(a.request.instances, spec, max_pixels=DEFAULT_MAX_PIXELS).x for a in answers]
     titles = [f"{a.result['study']['study_ref'][:16]}…\n"
               f"p={a.result['finding']['probability']:.2f} {a.result['finding']['label']}\n"
-              f"truth: {_truth(a.request.truth)}" for a in answers]
+              f"{a.request.split + ', ' if a.request.patient else ''}truth: {_truth(a.request.truth)}"
+              for a in answers]
     path = figures.slice_montage(volumes, titles, ctx.out / FIGURES_DIR / "diagnosis-findings.png",
                                  view="max", columns=len(volumes))
     return figure_entry(ctx.out, path, "The studies sent to the diagnosis service as the model saw them (axial "
                                        f"maximum-intensity projection of the {window_name(spec.window)} window input), each under "
-                                       "its pseudonymous study reference, the model's probability and finding, and "
-                                       "the ground truth")
+                                       "its pseudonymous study reference, the model's probability and finding, the "
+                                       "patient's side of the training split and the ground truth")
 
 
 def _latency_figure(ctx: DemoContext, answers: list[_Answer]) -> dict[str, str]:
@@ -139,7 +166,12 @@ def stage(ctx: DemoContext) -> dict[str, Any]:
         "experts": {"CT/CHEST": model, "CT/*": model},
         "lanes": {"routine": {"min_replicas": 1, "max_replicas": 1}, "emergency": {"min_replicas": 1, "max_replicas": 1}},
     }
-    requests = _held_out(ctx.cohort, HELD_OUT)
+    held_out = _held_out_patients(ctx)
+    if held_out is None:
+        ctx.say("no training split in this run (the research stage writes one): the studies below may be "
+                "of training patients")
+    key = load_key(ensure_key_file(ctx.out / "deid.key"))
+    requests = _held_out(ctx.cohort, key, held_out, HELD_OUT)
     requests.append(_Request("pydicom CT_small.dcm", None, "routine",
                              [Path(get_testdata_file("CT_small.dcm")).read_bytes()]))
     start = time.monotonic()
@@ -150,19 +182,27 @@ def stage(ctx: DemoContext) -> dict[str, Any]:
             answers = [_post(client, request) for request in requests]
     finally:
         stop_local()
-    rows, correct = [], 0
+    findings, lines = [], []
     for a in answers:
         finding, truth = a.result["finding"], a.request.truth
-        if truth is not None:
-            correct += (finding["label"] == "nodule_suspected") == truth
-        rows.append(f"{a.request.name:22} {a.request.lane:9} {str(truth) if truth is not None else '-':6} "
-                    f"{finding['probability']:6.3f} {finding['label']:19} {a.result['model']:10} "
-                    f"{a.result['study']['study_ref'][:18]}… {a.latency_ms:7.1f}")
-    ctx.say(f"{'study':22} {'lane':9} {'truth':6} {'prob':>6} {'finding':19} {'model':10} "
-            f"{'pseudonymous study':19} {'ms':>7}\n" + "\n".join(rows))
+        right = None if truth is None else (finding["label"] == "nodule_suspected") == truth
+        findings.append({"study": a.request.name, "lane": a.request.lane, "patient": a.request.patient or "-",
+                         "split": a.request.split, "truth": _truth(truth), "finding": finding["label"],
+                         "p": round(finding["probability"], 3), "right": "-" if right is None else right,
+                         "ms": round(a.latency_ms, 1)})
+        who = f"{a.request.split} patient {a.request.patient[:10]}…" if a.request.patient else "external CT"
+        verdict = "" if right is None else " (right)" if right else " (WRONG)"
+        lines.append(f"{a.request.name:20} {a.request.lane:9} {who}, truth: {_truth(truth)}, finding: "
+                     f"{finding['label']} p={finding['probability']:.2f}{verdict}  "
+                     f"study {a.result['study']['study_ref'][:14]}… {a.latency_ms:6.0f} ms")
+    scored = [f for f in findings if f["right"] != "-"]
+    correct = sum(f["right"] is True for f in scored)
+    ctx.say("\n".join(lines))
+    ctx.say(f"right findings: {correct} of {len(scored)} studies of "
+            f"{'held-out patients' if held_out is not None else 'patients of unknown split'} (model {model})")
     audit = verify_chain(work / "audit.jsonl")
     ctx.say(f"audit log: {audit.entries} entries, chain {'verified' if audit.ok else 'BROKEN'} "
             f"(`medray audit verify {work / 'audit.jsonl'}`)")
-    return {"model": model, "studies": HELD_OUT, "correct": correct, "requests": len(rows),
-            "audit_entries": audit.entries, "audit_ok": audit.ok,
+    return {"model": model, "studies": len(scored), "held_out": held_out is not None, "correct": correct,
+            "requests": len(answers), "audit_entries": audit.entries, "audit_ok": audit.ok, "findings": findings,
             "figures": [_findings_figure(ctx, manifest.spec, answers), _latency_figure(ctx, answers)]}
