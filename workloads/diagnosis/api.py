@@ -41,7 +41,7 @@ from pydicom.dataset import Dataset
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from medray.broker.client import report_queues
+from medray.broker.client import asked_to_step_down, report_queues
 from medray.broker.lanes import InFlight, lane_url
 from medray.dicom.multipart import DICOM, BodyError, split_body
 from medray.dicom.volume import read_instance
@@ -198,6 +198,7 @@ class _Front:
         # The lane's requests in flight here: the queue evidence the priority broker lends on.
         self._inflight = InFlight()
         self._reporter: asyncio.Task[None] | None = None
+        self._stepping_down = False
         if args.broker:
             context = serve.get_replica_context()
             self._reporter = report_queues({f"{args.app_name}/{lane}": self._inflight},
@@ -205,6 +206,15 @@ class _Front:
         self._requests = counter("diagnosis_requests", "diagnosis requests by lane and status", ("lane", "status"))
         self._latency = histogram("diagnosis_latency_ms", "diagnosis request latency (ms)",
                                   (5, 10, 20, 50, 100, 200, 500, 1000, 5000), ("lane",))
+
+    async def check_health(self) -> None:
+        """Serve's health check; fails for good once the priority broker asks this replica to step
+        down (it runs on a lent node while the lane's own nodes have room): Serve then stops it
+        gracefully, its requests answered first, and starts a replacement where the lane belongs."""
+        if self._args.broker and not self._stepping_down:
+            self._stepping_down = await asked_to_step_down(f"{self._args.app_name}/{self._lane}")
+        if self._stepping_down:
+            raise RuntimeError("stepping down from a node lent by research: the lane's own nodes have room")
 
     def _retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(max(1, round(self._args.retry_after_s)))}

@@ -31,7 +31,7 @@ from ray.serve.config import AutoscalingConfig, BackpressureConfig
 
 from medray.broker.client import get_broker, unwatch_serve, watch_serve
 from medray.scheduling.options import place
-from medray.scheduling.placement import WorkloadProfile
+from medray.scheduling.placement import Placement, WorkloadProfile
 from workloads.diagnosis.api import DiagnosisAPI, EmergencyAPI
 from workloads.diagnosis.config import LANE_PRIORITIES, LANES, DiagnosisArgs, LaneConfig
 from workloads.diagnosis.deployments import ModelCatalog
@@ -66,8 +66,12 @@ def _autoscaling(cfg: LaneConfig) -> AutoscalingConfig:
 
 def lane_options(cfg: LaneConfig) -> dict[str, Any]:
     """``ray_actor_options`` of a lane's replicas: the cheapest node type, the others as fallbacks in order."""
+    return _lane_placement(cfg).ray_options()
+
+
+def _lane_placement(cfg: LaneConfig) -> Placement:
     return place(WorkloadProfile(roles=cfg.roles, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
-                                 gpu_memory_gb=cfg.gpu_memory_gb, latency="realtime")).ray_options()
+                                 gpu_memory_gb=cfg.gpu_memory_gb, latency="realtime"))
 
 
 def deployment_options(args: DiagnosisArgs) -> dict[str, dict[str, Any]]:
@@ -75,6 +79,9 @@ def deployment_options(args: DiagnosisArgs) -> dict[str, dict[str, Any]]:
     backpressure = BackpressureConfig(status_code=503, retry_after_s=args.retry_after_s)
     routine, emergency = args.lanes["routine"], args.lanes["emergency"]
     unbounded = routine.max_queued_requests < 0
+    # A lane that borrows checks each second whether the broker asks a replica to step down (Serve
+    # stops a replica after 3 failed checks in a row).
+    health = {"health_check_period_s": 1.0} if args.broker else {}
     return {
         # The routine replicas diagnose routine studies themselves (no hop on the hot path) and
         # admit at most max_ongoing + max_queued of them each (503 beyond): the queue is in the
@@ -86,6 +93,7 @@ def deployment_options(args: DiagnosisArgs) -> dict[str, dict[str, Any]]:
             "max_ongoing_requests": (
                 _UNBOUNDED if unbounded else routine.max_ongoing_requests + routine.max_queued_requests + _HEADROOM),
             "max_queued_requests": -1,
+            **health,
         },
         # The emergency replicas take max_ongoing_requests each (a batch's worth); Serve queues the
         # rest in front of them, up to max_queued_requests (503 + Retry-After beyond), and hands
@@ -97,6 +105,7 @@ def deployment_options(args: DiagnosisArgs) -> dict[str, dict[str, Any]]:
             "max_ongoing_requests": emergency.max_ongoing_requests,
             "max_queued_requests": emergency.max_queued_requests,
             "backpressure_config": backpressure,
+            **health,
         },
         "catalog": {
             "name": "catalog",
@@ -114,7 +123,7 @@ def _args(args: dict[str, Any] | DiagnosisArgs) -> DiagnosisArgs:
     if args.broker and get_broker() is not None:
         # Before any replica exists: replicas beyond the inference nodes may need lent GPUs. Every
         # way of deploying builds the apps here (`serve deploy`, `medray serve`, run_local).
-        watch_lanes(args.app_name)
+        watch_lanes(args)
     return args
 
 
@@ -139,15 +148,21 @@ def lane_apps(app: str = APP_NAME) -> dict[str, str]:
     return {"routine": app, "emergency": f"{app}-emergency"}
 
 
-def watch_lanes(app: str = APP_NAME) -> None:
+def watch_lanes(args: DiagnosisArgs) -> None:
     """Have the running priority broker read both lanes' demand from Serve (lanes ``<app>/<lane>``).
 
     The emergency lane counts as ``emergency``, the routine lane as ``clinical``: both outrank
-    research runs, whose GPUs they then borrow when their replicas cannot be placed.
+    research runs, whose GPUs they then borrow when their replicas cannot be placed. The broker
+    also learns each lane's node types and replica size, to see when a replica on a lent node
+    could run on the lane's own nodes instead.
     """
+    app = args.app_name
     for lane, lane_app in lane_apps(app).items():
+        cfg = args.lanes[lane]
+        placement = _lane_placement(cfg)
         watch_serve(f"{app}/{lane}", app=lane_app, deployment=LANE_DEPLOYMENTS[lane],
-                    priority=LANE_PRIORITIES[lane])
+                    priority=LANE_PRIORITIES[lane], node_types=[t.name for t in placement.candidates],
+                    unit={"CPU": cfg.num_cpus, "GPU": cfg.num_gpus})
 
 
 def unwatch_lanes(app: str = APP_NAME) -> None:

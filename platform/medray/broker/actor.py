@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import ray
@@ -20,7 +20,7 @@ from medray.broker.client import BROKER_NAME, NAMESPACE, get_broker, require_bro
 from medray.broker.policy import RUN_STATES, BrokerCore, BrokerPolicy, Demand, Event, RunRecord, priority_rank
 from medray.broker.preemption import _polls
 from medray.cluster import ray_internals
-from medray.cluster.node_types import ROLE_LABEL
+from medray.cluster.node_types import NODE_TYPE_LABEL, ROLE_LABEL
 from medray.cluster.periodic import keep_running
 from medray.errors import ConfigError
 from medray.logs import get_logger
@@ -75,6 +75,18 @@ def serve_replicas(app: str, deployment: str) -> tuple[int, list[str]]:
     return pending, placed
 
 
+@dataclass(frozen=True)
+class _Watch:
+    """A Serve deployment the broker reads as a lane: its priority class, the node types its
+    placement allows (cheapest first) and what one replica takes (``{"GPU": 0.5, "CPU": 0.5}``)."""
+
+    app: str
+    deployment: str
+    priority: str
+    node_types: tuple[str, ...] = ()
+    unit: dict[str, float] = field(default_factory=dict)
+
+
 def _export_event(e: Event) -> None:
     _log.info(f"{e.action} {e.subject}: {e.reason}",
               extra={"broker_action": e.action, "subject": e.subject, "reason": e.reason})
@@ -89,9 +101,9 @@ class Broker:
     def __init__(self, policy: BrokerPolicy) -> None:
         self._core = BrokerCore(policy, on_event=_export_event)
         self._tasks: dict[str, Any] = {}
-        self._watches: dict[str, tuple[str, str, str]] = {}
+        self._watches: dict[str, _Watch] = {}
         self._queues: dict[str, dict[str, tuple[int, float, float]]] = {}  # lane -> source -> (n, oldest, at)
-        self._node_roles: dict[str, str] = {}
+        self._nodes: dict[str, tuple[str, str]] = {}  # node id -> (role, node type)
         self._loop: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -125,16 +137,32 @@ class Broker:
                 self._start(self._core.runs[decision.run_id])
 
     def _poll_watches(self, now: float) -> None:
-        for lane, (app, deployment, priority) in self._watches.items():
-            pending, nodes = serve_replicas(app, deployment)
-            if any(n not in self._node_roles for n in nodes):
-                self._node_roles = {n["NodeID"]: (n.get("Labels") or {}).get(ROLE_LABEL, "")
-                                    for n in ray.nodes()}
-            borrowed = sum(self._node_roles.get(n) in self._core.policy.lend_roles for n in nodes)
+        lend_roles = self._core.policy.lend_roles
+        for lane, watch in self._watches.items():
+            pending, nodes = serve_replicas(watch.app, watch.deployment)
+            if any(n not in self._nodes for n in nodes):
+                self._nodes = {n["NodeID"]: ((n.get("Labels") or {}).get(ROLE_LABEL, ""),
+                                             (n.get("Labels") or {}).get(NODE_TYPE_LABEL, ""))
+                               for n in ray.nodes() if n["Alive"]}
+            borrowed = sum(self._nodes.get(n, ("", ""))[0] in lend_roles for n in nodes)
             queued, oldest = self._queue(lane, now)
-            self._core.report_demand(Demand(lane=lane, priority=priority, pending=pending,
+            self._core.report_demand(Demand(lane=lane, priority=watch.priority, pending=pending,
                                             running=len(nodes), borrowed=borrowed, queued=queued,
-                                            oldest_s=oldest, at=now, source="serve"))
+                                            oldest_s=oldest, at=now, source="serve",
+                                            room=self._room(watch) if borrowed else 0))
+
+    def _room(self, watch: _Watch) -> int:
+        """Units of ``watch`` that its own (not lent, not draining) node types could take now."""
+        if not watch.unit or not watch.node_types:
+            return 0
+        draining = ray_internals.draining_nodes()
+        room = 0
+        for node_id, free in ray_internals.available_resources_per_node().items():
+            role, node_type = self._nodes.get(node_id, ("", ""))
+            if node_type in watch.node_types and role not in self._core.policy.lend_roles \
+                    and node_id not in draining:
+                room += int(min(free.get(r, 0.0) / amount for r, amount in watch.unit.items() if amount > 0))
+        return room
 
     def _queue(self, lane: str, now: float) -> tuple[int, float]:
         """Requests queued in ``lane`` and the oldest one's wait, summed over its fresh reporters."""
@@ -199,10 +227,17 @@ class Broker:
         """A watched lane's queue as one of its front doors (an ingress replica ``source``) sees it."""
         self._queues.setdefault(lane, {})[source] = (int(queued), float(oldest_s), time.time())
 
-    async def watch_serve(self, lane: str, app: str, deployment: str, priority: str) -> None:
+    async def watch_serve(self, lane: str, app: str, deployment: str, priority: str,
+                          node_types: tuple[str, ...] = (), unit: dict[str, float] | None = None) -> None:
         priority_rank(priority)
-        self._watches[lane] = (app, deployment, priority)
+        self._watches[lane] = _Watch(app, deployment, priority, tuple(node_types), dict(unit or {}))
         self._core.event(time.time(), "watch", lane, f"Serve deployment {app}/{deployment} as {priority}")
+
+    async def step_down(self, lane: str, node_id: str) -> bool:
+        """Asked by a unit of a watched lane: whether it should stop now (it runs on a lent node
+        while the lane's own nodes have room; see :meth:`BrokerCore.step_down`)."""
+        role = self._nodes.get(node_id, ("", ""))[0]
+        return role in self._core.policy.lend_roles and self._core.step_down(lane)
 
     async def unwatch_serve(self, lane: str) -> None:
         self._watches.pop(lane, None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ray
@@ -26,6 +26,7 @@ __all__ = [
     "node_health",
     "report_demand",
     "report_queues",
+    "asked_to_step_down",
     "watch_serve",
     "unwatch_serve",
     "broker_summary",
@@ -96,9 +97,38 @@ def report_queues(queues: Mapping[str, InFlight], *, source: str, interval_s: fl
     return keep_running(None, report, interval_s, log=_log, what="lane queue report")
 
 
-def watch_serve(lane: str, *, app: str, deployment: str, priority: str) -> None:
-    """Have the broker read a Serve deployment's demand as lane ``lane`` of class ``priority``."""
-    ray.get(require_broker().watch_serve.remote(lane, app, deployment, priority))
+def watch_serve(lane: str, *, app: str, deployment: str, priority: str, node_types: Sequence[str] = (),
+                unit: Mapping[str, float] | None = None) -> None:
+    """Have the broker read a Serve deployment's demand as lane ``lane`` of class ``priority``.
+
+    ``node_types`` (the types its placement allows) and ``unit`` (one replica's resources, e.g.
+    ``{"GPU": 0.5, "CPU": 0.5}``) let the broker see when the lane's own nodes have room for the
+    replicas it runs on lent ones, and ask those to step down (:func:`asked_to_step_down`).
+    """
+    ray.get(require_broker().watch_serve.remote(lane, app, deployment, priority, tuple(node_types),
+                                                dict(unit or {})))
+
+
+async def asked_to_step_down(lane: str, *, timeout_s: float = 2.0) -> bool:
+    """Whether the running broker asks this process's unit of ``lane`` to stop now: it runs on a
+    lent node and the lane's own nodes have room for it. False without a broker, or when it does
+    not answer within ``timeout_s``. Call it from a Serve replica's ``check_health``: raising there
+    makes Serve stop the replica gracefully and place a new one (on the lane's own nodes)."""
+    now = time.monotonic()
+    if _step_down_broker["handle"] is None and now - _step_down_broker["looked_up"] >= 5.0:
+        _step_down_broker.update(handle=get_broker(), looked_up=now)
+    broker = _step_down_broker["handle"]
+    if broker is None:
+        return False
+    node_id = ray.get_runtime_context().get_node_id()
+    try:
+        return bool(await asyncio.wait_for(broker.step_down.remote(lane, node_id), timeout_s))
+    except (asyncio.TimeoutError, ray.exceptions.RayError):
+        _step_down_broker["handle"] = None  # gone or stuck: look it up again
+        return False
+
+
+_step_down_broker: dict[str, Any] = {"handle": None, "looked_up": float("-inf")}
 
 
 def unwatch_serve(lane: str) -> None:

@@ -17,6 +17,8 @@ from medray.scheduling.placement import WorkloadProfile
 __all__ = ["PRIORITIES", "RUN_STATES", "priority_rank", "BrokerPolicy", "Demand", "Event", "RunRecord", "Decision", "BrokerCore"]
 
 PRIORITIES = ("emergency", "clinical", "batch", "research")  # highest first
+# A reclaim not carried out by then (no replica asked) is dropped and may be decided again.
+RECLAIM_TIMEOUT_S = 60.0
 RUN_STATES = ("running", "yielding", "yielded", "stopping", "stopped", "finished", "failed")
 
 
@@ -36,7 +38,9 @@ class BrokerPolicy:
     ``queue_age_s`` (``oldest_s``). Replicas still starting while no request waits that long (a
     deployment coming up, an autoscaler step the lane's own nodes absorb) are not starvation.
     ``pressure_grace_s``: how long that evidence must hold without a break before runs are asked to
-    yield. ``calm_s``: how long every lane must be back on its own nodes, with nothing pending, before
+    yield, and how long a lane must sit on lent nodes while its own nodes have room before those
+    units are asked to step down (a *reclaim*, see :meth:`BrokerCore.step_down`). ``calm_s``: how
+    long every lane must be back on its own nodes, with nothing pending, before
     yielded runs start again; the timer starts only once every asked run has finished yielding.
     ``demand_ttl_s``: demand and queue reports older than this are ignored. ``lend_roles``: node roles
     whose GPUs runs hold and lanes borrow (a lane's units alive there are "borrowed").
@@ -63,7 +67,8 @@ class Demand:
 
     ``pending``: units (replicas) it wants that are not placed; ``running``: units placed;
     ``borrowed``: units placed on lent nodes; ``queued``: requests waiting in the lane;
-    ``oldest_s``: how long the oldest of them has waited.
+    ``oldest_s``: how long the oldest of them has waited; ``room``: more units the lane's own
+    (not lent) nodes could take now.
     """
 
     lane: str
@@ -75,11 +80,12 @@ class Demand:
     oldest_s: float = 0.0
     at: float = 0.0
     source: str = "push"
+    room: int = 0
 
     def __post_init__(self) -> None:
         priority_rank(self.priority)
-        if min(self.pending, self.running, self.borrowed, self.queued) < 0 or self.oldest_s < 0:
-            raise ConfigError("pending, running, borrowed, queued and oldest_s must be >= 0")
+        if min(self.pending, self.running, self.borrowed, self.queued, self.room) < 0 or self.oldest_s < 0:
+            raise ConfigError("pending, running, borrowed, queued, room and oldest_s must be >= 0")
 
     def starving(self, policy: BrokerPolicy) -> bool:
         """Both kinds of evidence at this moment: unplaced units and a queue at least ``queue_age_s`` old."""
@@ -164,6 +170,9 @@ class BrokerCore:
         self._starving_since: dict[str, float] = {}
         self._calm_since: float | None = None
         self._unmet_lanes: set[str] = set()
+        self._misplaced_since: dict[str, float] = {}
+        # lane -> [units still to step down, borrowed when asked, asked at]
+        self._reclaims: dict[str, list[float]] = {}
 
     def event(self, now: float, action: str, subject: str, reason: str) -> None:
         e = Event(at=now, action=action, subject=subject, reason=reason)
@@ -208,6 +217,21 @@ class BrokerCore:
 
     def report_demand(self, demand: Demand) -> None:
         self.demands[demand.lane] = demand
+
+    def step_down(self, lane: str) -> bool:
+        """Whether a unit of ``lane`` on a lent node should stop now (it asks; each yes is counted).
+
+        Serve chooses which replicas stop when a deployment scales down, and may keep the ones on
+        lent nodes while the lane's own nodes have room (it ranks nodes by their replica counts,
+        see Ray Serve's ``DeploymentScheduler._get_replicas_to_stop``). The broker then asks that
+        many of the lent ones to step down; Serve starts their replacements on the lane's own
+        nodes (its cheapest-first placement), and the lent GPUs can go back.
+        """
+        reclaim = self._reclaims.get(lane)
+        if reclaim is None or reclaim[0] < 1:
+            return False
+        reclaim[0] -= 1
+        return True
 
     def run_ended(self, now: float, run_id: str, error: str | None = None) -> list[Decision]:
         """A run's task returned (``error``: the exception's type name when it raised).
@@ -269,9 +293,31 @@ class BrokerCore:
         )
         if starved:
             self._calm_since = None
+            self._reclaims.clear()
+            self._misplaced_since.clear()
             return self._lend(now, starved)
         self._unmet_lanes.clear()
+        self._reclaim(now, fresh)
         return self._give_back(now, fresh)
+
+    def _reclaim(self, now: float, fresh: list[Demand]) -> None:
+        """Ask lanes that sit on lent nodes while their own have room to move (:meth:`step_down`)."""
+        for d in fresh:
+            reclaim = self._reclaims.get(d.lane)
+            if reclaim is not None and (d.borrowed < reclaim[1] or now - reclaim[2] > RECLAIM_TIMEOUT_S):
+                del self._reclaims[d.lane]  # done (or the replicas never asked: look again)
+                reclaim = None
+            misplaced = d.borrowed > 0 and d.room > 0 and d.pending == 0 and not d.starving(self.policy)
+            if not misplaced:
+                self._misplaced_since.pop(d.lane, None)
+                continue
+            since = self._misplaced_since.setdefault(d.lane, d.at)
+            if reclaim is None and now - since >= self.policy.pressure_grace_s:
+                units = min(d.borrowed, d.room)
+                self._reclaims[d.lane] = [units, d.borrowed, now]
+                self.event(now, "reclaim", d.lane,
+                           f"{d.borrowed} units on lent nodes while its own nodes have room for {d.room} "
+                           f"for {now - since:.1f}s; asks {units} to step down")
 
     def _lend(self, now: float, starved: list[Demand]) -> list[Decision]:
         top = starved[0]

@@ -163,6 +163,39 @@ def test_lent_gpus_return_only_when_nothing_is_pending_or_borrowed_for_the_calm_
     assert "resume from step 40" in ret.reason
 
 
+def test_a_lane_left_on_lent_nodes_while_its_own_have_room_is_asked_to_step_down():
+    core = core_with(run("r"))
+    core.report_demand(Demand("emergency", "emergency", pending=2, queued=4, oldest_s=2.0, at=0.0))
+    assert actions(core.tick(1.0)) == [("yield", "r")]
+    core.run_ended(2.0, "r")
+    # Bursting: on the lent nodes with no room at home, nothing to reclaim.
+    core.report_demand(Demand("emergency", "emergency", pending=0, running=4, borrowed=2, at=3.0))
+    assert core.tick(3.0) == [] and core.tick(9.0) == [] and not core.step_down("emergency")
+    # Serve scaled down but stopped the replicas at home: room for both, held for the grace.
+    core.report_demand(Demand("emergency", "emergency", pending=0, running=2, borrowed=2, room=2, at=10.0))
+    core.tick(10.0)
+    assert not core.step_down("emergency")
+    core.tick(11.0)
+    assert [core.step_down("emergency") for _ in range(3)] == [True, True, False]
+    reclaim = [e for e in core.events if e.action == "reclaim"]
+    assert [(e.subject, e.reason) for e in reclaim] == [("emergency", "2 units on lent nodes while its own nodes "
+                                                         "have room for 2 for 1.0s; asks 2 to step down")]
+    # The replacements run at home: the calm time starts, then research gets its GPUs back.
+    core.report_demand(Demand("emergency", "emergency", pending=0, running=2, borrowed=0, at=14.0))
+    assert core.tick(14.0) == [] and actions(core.tick(19.0)) == [("resume", "r")]
+    assert [e.action for e in core.events].count("reclaim") == 1
+
+
+def test_a_starving_lane_is_never_asked_to_step_down():
+    core = core_with(run("r"))
+    core.report_demand(Demand("emergency", "emergency", pending=1, borrowed=1, room=1, queued=4,
+                              oldest_s=2.0, at=0.0))
+    for t in (0.0, 1.0, 2.0, 5.0):
+        core.tick(t)
+    assert not core.step_down("emergency")
+    assert "reclaim" not in [e.action for e in core.events]
+
+
 def test_stale_pushed_demand_is_ignored():
     core = core_with(run("r"))
     core.report_demand(Demand("clinical", "clinical", pending=3, queued=4, oldest_s=2.0, at=0.0))
@@ -182,7 +215,7 @@ def test_run_endings_and_refusals():
         Demand("x", "urgent", pending=1)
     with pytest.raises(ConfigError, match=">= 0"):
         Demand("x", "clinical", pending=-1)
-    with pytest.raises(ConfigError, match="queued and oldest_s must be >= 0"):
+    with pytest.raises(ConfigError, match="room and oldest_s must be >= 0"):
         Demand("x", "clinical", pending=1, oldest_s=-0.5)
     with pytest.raises(ConfigError, match="queue age"):
         BrokerPolicy(queue_age_s=-1)
@@ -390,6 +423,62 @@ def test_a_pending_serve_replica_borrows_research_gpus(broker, tmp_path):
         serve.delete("broker-test")
         if not serve_was_running:
             serve.shutdown()
+
+
+def _gpus_of(node_type):
+    return sum(n["Resources"].get("GPU", 0) for n in ray.nodes()
+               if n["Alive"] and n["Labels"].get("medray.io/node-type") == node_type)
+
+
+@pytest.mark.timeout(180)
+def test_a_replica_left_on_a_lent_node_steps_down_once_its_lane_has_room_at_home(broker):
+    """Serve may keep a replica on a lent node when it scales down (it ranks nodes by replica
+    counts); the broker asks it to step down and Serve places its replacement at home."""
+    from ray import serve
+
+    from medray.broker.client import asked_to_step_down
+
+    home, lent = "infer-l4", "train-h100"
+    gpus = _gpus_of(home)
+    blocker = ray.remote(num_gpus=gpus, num_cpus=0)(type("Blocker", (), {"ready": lambda self: True}))
+    blocker = blocker.options(label_selector={"medray.io/node-type": home}).remote()
+    ray.get(blocker.ready.remote(), timeout=60)
+
+    @serve.deployment(health_check_period_s=0.5, ray_actor_options={
+        "num_cpus": 0.1, "num_gpus": gpus, "label_selector": {"medray.io/node-type": home},
+        "fallback_strategy": [{"label_selector": {"medray.io/node-type": lent}}]})
+    class Stepper:
+        stepping_down = False
+
+        async def check_health(self):  # as the diagnosis lanes' replicas do: once told, for good
+            self.stepping_down = self.stepping_down or await asked_to_step_down("stepper")
+            if self.stepping_down:
+                raise RuntimeError("stepping down")
+
+        def __call__(self):
+            return ray.get_runtime_context().get_node_labels()["medray.io/node-type"]
+
+    serve_was_running = serve_running()
+    serve.start(proxy_location="Disabled")
+    try:
+        watch_serve("stepper", app="stepper-test", deployment="Stepper", priority="emergency",
+                    node_types=[home, lent], unit={"CPU": 0.1, "GPU": gpus})
+        handle = serve.run(Stepper.bind(), name="stepper-test", route_prefix=None)
+        assert handle.remote().result(timeout_s=30) == lent  # home is full: on the lent node
+        time.sleep(LIVE_POLICY.pressure_grace_s + 1.0)
+        assert "reclaim" not in [e["action"] for e in broker_summary(events=50)["events"]]
+
+        ray.kill(blocker)  # room at home now
+        wait_for(lambda: handle.remote().result(timeout_s=30) == home, timeout_s=90,
+                 what="the replica to move home")
+        reclaims = [e for e in broker_summary(events=50)["events"] if e["action"] == "reclaim"]
+        assert [(e["subject"], e["reason"].rsplit(" for ", 1)[0]) for e in reclaims] == [
+            ("stepper", "1 units on lent nodes while its own nodes have room for 1")]
+    finally:
+        serve.delete("stepper-test")
+        if not serve_was_running:
+            serve.shutdown()
+        ray.kill(blocker)
 
 
 def _agree(rank, world, store_path, out_dir):
