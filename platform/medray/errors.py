@@ -5,7 +5,7 @@ Messages say what was wrong and what to do about it, and never carry PHI.
 
 from __future__ import annotations
 
-__all__ = ["MedrayError", "ConfigError", "PlacementError", "RegistryError", "DicomError"]
+__all__ = ["MedrayError", "ConfigError", "PlacementError", "RegistryError", "DicomError", "BackendError"]
 
 
 class MedrayError(Exception):
@@ -31,3 +31,7 @@ class DicomError(MedrayError):
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+
+
+class BackendError(MedrayError):
+    """A model cannot run on the requested inference backend (runtime missing, accuracy check not passed)."""

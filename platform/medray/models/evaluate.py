@@ -1,4 +1,7 @@
-"""Held-out evaluation: ROC AUC of nodule scores, with ties handled as the Mann-Whitney U statistic."""
+"""Held-out evaluation of a model's scores: ROC AUC, with ties handled as the Mann-Whitney U statistic.
+
+Training (`workloads.research`) reports it; the INT8 accuracy gate of :mod:`medray.models.backends` checks it.
+"""
 
 from __future__ import annotations
 

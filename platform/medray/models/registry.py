@@ -4,9 +4,15 @@ Layout (one directory per version, written atomically, never modified afterwards
 
     REGISTRY/<name>/v0001/manifest.json   name, version, input spec, metrics, created, sha256, …
     REGISTRY/<name>/v0001/weights.pt      torch state dict
+    REGISTRY/<name>/v0001/model.onnx      derived inference artifacts (medray.models.backends), added later
 
 Models are addressed as ``name:version`` or ``name:latest``. Loading verifies the weights'
 sha256 against the manifest, so a corrupted or swapped file is refused, never served.
+
+A version's weights and identity never change. What changes is its ``backends`` record: artifacts
+derived from the weights (an ONNX export, an INT8 model and its accuracy check) are added to the
+version directory by whoever first needs them and recorded there, under :func:`artifact_lock`, by
+:func:`record_backend`. Manifests written before that field existed load with it empty.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +32,7 @@ from typing import Any
 
 from medray.errors import RegistryError
 from medray.imaging.normalize import InputSpec
+from medray.models.findings import finding_spec
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -34,6 +43,9 @@ __all__ = [
     "list_models",
     "resolve",
     "load_state_dict",
+    "file_sha256",
+    "artifact_lock",
+    "record_backend",
 ]
 
 MANIFEST_VERSION = 1
@@ -55,6 +67,11 @@ class ModelManifest:
     weights_file: str = "weights.pt"
     framework: str = "torch"
     manifest_version: int = MANIFEST_VERSION
+    # Inference backend -> what this version has for it (artifact file, its sha256, accuracy checks).
+    backends: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What the model finds (a name in medray.models.findings.FINDINGS): the labels, codes and body
+    # site its answers and reports carry. Manifests from before this field are the nodule model's.
+    finding: str = "lung-nodule"
 
     @property
     def ref(self) -> str:
@@ -91,7 +108,8 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     return name, int(version)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -113,16 +131,21 @@ def register(
     input_spec: InputSpec | dict[str, Any],
     metrics: dict[str, float] | None = None,
     model_config: dict[str, Any] | None = None,
+    finding: str = "lung-nodule",
 ) -> RegisteredModel:
-    """Copy ``weights`` (a torch state-dict file) into a new version of ``name``; returns it."""
+    """Copy ``weights`` (a torch state-dict file) into a new version of ``name``; returns it.
+
+    ``finding``: what the model finds, a name in :data:`medray.models.findings.FINDINGS`.
+    """
     parse_ref(name)
+    finding_spec(finding)
     spec = input_spec if isinstance(input_spec, InputSpec) else InputSpec.from_dict(input_spec)
     model_dir = Path(registry) / name
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
     try:
         shutil.copyfile(weights, staging / "weights.pt")
-        digest = _sha256(staging / "weights.pt")
+        digest = file_sha256(staging / "weights.pt")
         while True:
             version = (_versions(model_dir) or [0])[-1] + 1
             manifest = ModelManifest(
@@ -133,6 +156,7 @@ def register(
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 metrics={k: float(v) for k, v in (metrics or {}).items()},
                 model_config=dict(model_config or {}),
+                finding=finding,
             )
             (staging / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2) + "\n")
             target = model_dir / f"v{version:04d}"
@@ -184,7 +208,7 @@ def resolve(registry: str | Path, ref: str) -> RegisteredModel:
                             path=model_dir / f"v{version:04d}")
     if not entry.weights_path.is_file():
         raise RegistryError(f"{entry.manifest.ref}: weights file missing; re-register the model")
-    actual = _sha256(entry.weights_path)
+    actual = file_sha256(entry.weights_path)
     if actual != entry.manifest.sha256:
         raise RegistryError(
             f"{entry.manifest.ref}: weights sha256 {actual[:12]}… does not match the manifest's "
@@ -201,3 +225,39 @@ def load_state_dict(registry: str | Path, ref: str) -> tuple[ModelManifest, dict
     entry = resolve(registry, ref)
     state = torch.load(entry.weights_path, map_location="cpu", weights_only=True)
     return entry.manifest, state
+
+
+@contextmanager
+def artifact_lock(entry: RegisteredModel) -> Iterator[None]:
+    """Hold the version directory's lock (an exclusive ``flock``, released on exit or process death):
+    replicas that would create the same artifact wait for the first instead of racing it."""
+    import fcntl
+
+    try:
+        fd = os.open(entry.path / ".artifacts.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as e:
+        raise RegistryError(f"{entry.manifest.ref}: cannot write to {entry.path} ({e.strerror}): inference "
+                            "artifacts are cached there; make it writable or use the eager backend") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def record_backend(entry: RegisteredModel, backend: str, info: dict[str, Any]) -> RegisteredModel:
+    """Record ``info`` as the manifest's entry for ``backend`` (replacing any earlier one); returns the
+    updated entry. Call it under :func:`artifact_lock`; the manifest is replaced atomically."""
+    current = _read_manifest(entry.path)
+    if current.sha256 != entry.manifest.sha256:
+        raise RegistryError(f"{entry.manifest.ref}: the manifest changed under us; resolve the model again")
+    manifest = ModelManifest(**{**asdict(current), "backends": {**current.backends, backend: dict(info)}})
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=entry.path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(asdict(manifest), indent=2) + "\n")
+        os.replace(tmp, entry.path / "manifest.json")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return RegisteredModel(manifest=manifest, path=entry.path)
