@@ -91,11 +91,20 @@ emergency_fastapi_app = FastAPI(
 )
 
 
+class Coding(BaseModel):
+    system: str
+    code: str
+    display: str
+
+
 class Finding(BaseModel):
-    name: str = Field(description="what the model looks for, e.g. lung_nodule")
+    name: str = Field(description="what the expert's model looks for (medray.models.findings), e.g. lung-nodule")
     probability: float
-    label: str = Field(description="nodule_suspected or no_nodule_detected")
+    label: str = Field(description="the finding's positive or negative label, e.g. nodule_suspected or "
+                                   "no_nodule_detected")
     threshold: float
+    body_site: Coding = Field(description="SNOMED CT body site the expert reads, e.g. 39607008 Lung structure")
+    code: Coding | None = Field(description="ICD-10-CM code of a positive finding (null when negative)")
 
 
 class StudyRef(BaseModel):

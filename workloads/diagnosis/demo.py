@@ -30,6 +30,7 @@ from medray.dicom.multipart import DICOM, encode_series
 from medray.dicom.volume import DEFAULT_MAX_PIXELS
 from medray.errors import RegistryError
 from medray.imaging.normalize import InputSpec
+from medray.models.findings import finding_spec
 from medray.models.registry import resolve
 from medray.privacy.pseudonym import ensure_key_file, load_key, pseudonym
 from medray.security.audit import verify_chain
@@ -185,7 +186,7 @@ def stage(ctx: DemoContext) -> dict[str, Any]:
     findings, lines = [], []
     for a in answers:
         finding, truth = a.result["finding"], a.request.truth
-        right = None if truth is None else (finding["label"] == "nodule_suspected") == truth
+        right = None if truth is None else (finding["label"] == finding_spec(finding["name"]).positive) == truth
         findings.append({"study": a.request.name, "lane": a.request.lane, "patient": a.request.patient or "-",
                          "split": a.request.split, "truth": _truth(truth), "finding": finding["label"],
                          "p": round(finding["probability"], 3), "right": "-" if right is None else right,

@@ -24,6 +24,7 @@ from ray import serve
 from medray.cluster.nvml import limit_gpu_memory
 from medray.errors import DicomError, MedrayError
 from medray.logs import get_logger
+from medray.models.findings import finding_spec
 from medray.models.registry import list_models, resolve
 from medray.privacy.pseudonym import load_key, pseudo_uid, pseudonym
 from medray.scheduling.load import current_node_type
@@ -251,12 +252,15 @@ class Engine:
             return {"error": "internal", "message": "internal error; the request was not diagnosed"}
         done = time.perf_counter()
         positive = probability >= self._args.threshold
+        spec = finding_spec(model.manifest.finding)
         return {
             "finding": {
-                "name": "lung_nodule",
+                "name": spec.name,
                 "probability": round(probability, 6),
-                "label": "nodule_suspected" if positive else "no_nodule_detected",
+                "label": spec.label(positive),
                 "threshold": self._args.threshold,
+                "body_site": spec.coding("body_site"),
+                "code": spec.coding("code") if positive else None,
             },
             "model": model.ref,
             "study": {

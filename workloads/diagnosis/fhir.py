@@ -2,38 +2,42 @@
 
 The report is ``preliminary``: it is a machine finding that a radiologist still has to confirm.
 Every identifier in it is a pseudonym (patient, study and series UIDs under the service's key);
-the probability travels in a contained Observation that ``result`` references.
+the probability travels in a contained Observation that ``result`` references. Each expert's model
+reports its own finding (:mod:`medray.models.findings`): the study's LOINC code, the body site
+(SNOMED CT, ``Observation.bodySite``) and, when positive, the finding's ICD-10-CM code
+(``conclusionCode``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from medray.models.findings import finding_spec
+
 __all__ = ["FHIR_JSON", "MODEL_EXTENSION", "diagnostic_report"]
 
 FHIR_JSON = "application/fhir+json"
 MODEL_EXTENSION = "urn:medray:fhir:model"
-_LOINC_CT_CHEST = {"system": "http://loinc.org", "code": "24627-2", "display": "CT Chest"}
 _RADIOLOGY = {"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD", "display": "Radiology"}
-# The code the synthetic cohort's EMR uses for the same finding.
-_NODULE = {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R91.1", "display": "Solitary pulmonary nodule"}
 
 
 def diagnostic_report(result: dict[str, Any], *, report_id: str, issued: str) -> dict[str, Any]:
     """The DiagnosticReport for one ``/v1/diagnose`` result (the JSON response's fields)."""
     finding, study = result["finding"], result["study"]
+    spec = finding_spec(finding["name"])
     probability = finding["probability"]
-    positive = finding["label"] == "nodule_suspected"
+    positive = finding["label"] == spec.positive
     conclusion = (
-        f"{'Lung nodule suspected' if positive else 'No lung nodule detected'} "
+        f"{spec.title} {'suspected' if positive else 'not detected'} "
         f"(model {result['model']}, probability {probability:.3f}, threshold {finding['threshold']:.2f}; "
         "machine finding, to be confirmed by a radiologist)"
     )
     observation = {
         "resourceType": "Observation",
-        "id": "nodule-probability",
+        "id": "finding-probability",
         "status": "preliminary",
-        "code": {"text": "Lung nodule probability (machine learning model)"},
+        "code": {"text": spec.observation},
+        "bodySite": {"coding": [spec.coding("body_site")]},
         "valueQuantity": {"value": round(probability, 6), "unit": "probability",
                           "system": "http://unitsofmeasure.org", "code": "1"},
         "interpretation": [{"text": finding["label"]}],
@@ -45,10 +49,10 @@ def diagnostic_report(result: dict[str, Any], *, report_id: str, issued: str) ->
         "contained": [observation],
         "status": "preliminary",
         "category": [{"coding": [_RADIOLOGY]}],
-        "code": {"coding": [_LOINC_CT_CHEST], "text": f"{study['modality']} {study['body_part'] or ''}".strip()},
+        "code": {"coding": [spec.coding("study")], "text": f"{study['modality']} {study['body_part'] or ''}".strip()},
         "issued": issued,
         "performer": [{"display": "medray diagnosis service"}],
-        "result": [{"reference": "#nodule-probability"}],
+        "result": [{"reference": "#finding-probability"}],
         "imagingStudy": [{"identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{study['study_ref']}"},
                           "display": f"series urn:oid:{study['series_ref']}"}],
         "conclusion": conclusion,
@@ -56,5 +60,5 @@ def diagnostic_report(result: dict[str, Any], *, report_id: str, issued: str) ->
     if study["patient_ref"]:
         report["subject"] = observation["subject"] = {"reference": f"Patient/{study['patient_ref']}"}
     if positive:
-        report["conclusionCode"] = [{"coding": [_NODULE]}]
+        report["conclusionCode"] = [{"coding": [spec.coding("code")]}]
     return report

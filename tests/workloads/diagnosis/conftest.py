@@ -10,23 +10,26 @@ from medray.models.registry import register
 from medray.security.tokens import add_client
 
 
-def register_seeded(registry, seed, *, metrics=None):
-    """Register a NoduleNet with weights fixed by ``seed`` (deterministic answers); returns its ref."""
+def register_seeded(registry, seed, *, metrics=None, name="nodule", finding="lung-nodule"):
+    """Register a NoduleNet with weights fixed by ``seed`` (deterministic answers) as ``name``, finding
+    ``finding``; returns its ref."""
     torch.manual_seed(seed)
     model = build_model(NoduleNetConfig())
     weights = registry.parent / f"weights-{seed}.pt"
     torch.save(model.state_dict(), weights)
-    entry = register(registry, "nodule", weights, input_spec=DEFAULT_INPUT_SPEC,
-                     model_config=NoduleNetConfig().to_dict(), metrics=metrics or {"auroc": 0.5})
+    entry = register(registry, name, weights, input_spec=DEFAULT_INPUT_SPEC,
+                     model_config=NoduleNetConfig().to_dict(), metrics=metrics or {"auroc": 0.5}, finding=finding)
     return entry.manifest.ref
 
 
 @pytest.fixture(scope="module")
 def service_dir(tmp_path_factory):
-    """Registry with nodule:1, token file (one client per scope), key file; returns (dir, tokens)."""
+    """Registry with nodule:1 and a second expert's model ich:1 (intracranial hemorrhage), token file
+    (one client per scope), key file; returns (dir, tokens)."""
     root = tmp_path_factory.mktemp("diagnosis")
     (root / "registry").mkdir()
     register_seeded(root / "registry", seed=1)
+    register_seeded(root / "registry", seed=2, name="ich", finding="intracranial-hemorrhage")
     tokens = {scope: add_client(root / "tokens.json", f"{scope}-client", [scope])
               for scope in ("clinic", "emergency", "research", "admin")}
     key = root / "deid.key"

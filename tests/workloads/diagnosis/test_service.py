@@ -66,7 +66,7 @@ def service(ray_cluster, service_dir):
         "tokens": str(root / "tokens.json"),
         "audit_log": str(root / "audit.jsonl"),
         "key_file": str(root / "deid.key"),
-        "experts": {"CT/CHEST": "nodule:latest", "CT/*": "nodule:latest"},
+        "experts": {"CT/CHEST": "nodule:latest", "CT/HEAD": "ich:latest", "CT/*": "nodule:latest"},
         "max_body_mb": MAX_BODY_MB,
         "max_instance_pixels": 512 * 512,
         "simulated_gpu_ms": 40,
@@ -150,7 +150,33 @@ def test_fhir_accept_header_gives_a_valid_r4_diagnostic_report(service, cohort):
     assert report.subject.reference == f"Patient/{pseudonym(key, patient_id, kind='patient')}"
     assert report.status == "preliminary" and "nodule" in report.conclusion.lower()
     assert report.extension[0].valueString == "nodule:1"
+    assert [c.code for c in report.code.coding] == ["24627-2"]  # LOINC CT Chest
+    assert [c.code for c in report.contained[0].bodySite.coding] == ["39607008"]  # SNOMED lung structure
     service.assert_no_phi(r.text)
+
+
+def test_routing_chooses_between_two_experts_and_each_reports_its_own_finding(service, cohort):
+    head = [_dicom.ct_slice(z, instance=i + 1, body_part="HEAD") for i, z in enumerate((0.0, 6.0, 12.0))]
+    chest = [_dicom.ct_slice(z, instance=i + 1) for i, z in enumerate((0.0, 6.0, 12.0))]
+    answers = {}
+    for part, instances in (("HEAD", head), ("CHEST", chest)):
+        body, content_type = encode_series(instances)
+        r = service.post(body, content_type)
+        assert r.status_code == 200, r.text
+        answers[part] = r.json()
+        fhir = service.post(body, content_type, headers={"Accept": "application/fhir+json"})
+        answers[part]["report"] = DiagnosticReport.model_validate(fhir.json())
+        service.assert_no_phi(r.text + fhir.text)
+    ich, nodule = answers["HEAD"], answers["CHEST"]
+    assert (ich["expert"], ich["model"], ich["finding"]["name"]) == ("CT/HEAD", "ich:1", "intracranial-hemorrhage")
+    assert (nodule["expert"], nodule["model"], nodule["finding"]["name"]) == ("CT/CHEST", "nodule:1", "lung-nodule")
+    assert ich["finding"]["label"] in ("hemorrhage_suspected", "no_hemorrhage_detected")
+    assert ich["finding"]["probability"] == pytest.approx(expected_probability(service, "ich:1", head), abs=1e-5)
+    assert ich["finding"]["body_site"]["code"] == "12738006"  # SNOMED brain structure
+    assert nodule["finding"]["body_site"]["code"] == "39607008"
+    assert [c.code for c in ich["report"].code.coding] == ["24725-4"]  # LOINC CT Head
+    assert "hemorrhage" in ich["report"].conclusion.lower() and "nodule" not in ich["report"].conclusion.lower()
+    assert [c.code for c in nodule["report"].code.coding] == ["24627-2"]
 
 
 def _chunks(data, size=64 * 1024):
@@ -220,8 +246,8 @@ def test_tokens_and_scopes(service):
 
     assert get_models("clinic").status_code == 403
     listing = get_models("research").json()
-    assert [m["ref"] for m in listing["models"]] == ["nodule:1"]
-    assert listing["models"][0]["active_for"] == ["CT/*", "CT/CHEST"]
+    assert [(m["ref"], m["active_for"]) for m in listing["models"]] == [
+        ("ich:1", ["CT/HEAD"]), ("nodule:1", ["CT/*", "CT/CHEST"])]
     assert get_models("admin").status_code == 200
     swap = service.client.put("/v1/models/active", json={"expert": "CT/CHEST", "model": "nodule:1"},
                               headers={"Authorization": f"Bearer {service.tokens['clinic']}"})

@@ -8,8 +8,10 @@ from pydantic import ValidationError
 
 from medray.dicom.multipart import BodyError, encode_series, split_body
 from medray.dicom.volume import REASONS, read_instance, volume_from_datasets
-from medray.errors import DicomError
-from medray.imaging.normalize import normalize_volume
+from medray.errors import DicomError, RegistryError
+from medray.imaging.normalize import InputSpec, normalize_volume
+from medray.models.findings import finding_spec
+from medray.models.registry import register
 from tests.workloads.diagnosis._dicom import ct_slice, series
 from tests.workloads.diagnosis.conftest import register_seeded
 from workloads.diagnosis.api import route_expert
@@ -90,12 +92,12 @@ def test_replicas_are_placed_on_inference_nodes_with_training_nodes_as_fallback(
     assert options["ingress"]["max_ongoing_requests"] > 32 + 128
 
 
-def _result(label="nodule_suspected", patient_ref="a1b2c3"):
+def _result(label="nodule_suspected", patient_ref="a1b2c3", finding="lung-nodule", body_part="CHEST"):
     return {
-        "finding": {"name": "lung_nodule", "probability": 0.81234, "label": label, "threshold": 0.5},
-        "model": "nodule:2", "expert": "CT/CHEST", "lane": "routine",
+        "finding": {"name": finding, "probability": 0.81234, "label": label, "threshold": 0.5},
+        "model": "nodule:2", "expert": f"CT/{body_part}", "lane": "routine",
         "study": {"study_ref": "2.25.123", "series_ref": "2.25.456", "patient_ref": patient_ref,
-                  "modality": "CT", "body_part": "CHEST", "instances": 20},
+                  "modality": "CT", "body_part": body_part, "instances": 20},
     }
 
 
@@ -108,6 +110,31 @@ def test_fhir_report_validates_as_r4_diagnostic_report(label):
     assert ("conclusionCode" in report) == (label == "nodule_suspected")
     no_patient = diagnostic_report(_result(patient_ref=None), report_id="x", issued="2026-01-02T03:04:05+00:00")
     assert "subject" not in DiagnosticReport.model_validate(no_patient).model_dump(exclude_none=True)
+
+
+@pytest.mark.parametrize("finding, body_part, positive, study, site, code", [
+    ("lung-nodule", "CHEST", "nodule_suspected", "24627-2", "39607008", "R91.1"),
+    ("intracranial-hemorrhage", "HEAD", "hemorrhage_suspected", "24725-4", "12738006", "I62.9"),
+])
+def test_each_experts_report_carries_its_own_study_code_body_site_and_finding(finding, body_part, positive,
+                                                                             study, site, code):
+    report = diagnostic_report(_result(positive, finding=finding, body_part=body_part), report_id="r",
+                               issued="2026-01-02T03:04:05+00:00")
+    parsed = DiagnosticReport.model_validate(report)
+    assert [c.code for c in parsed.code.coding] == [study]
+    assert [c.code for c in parsed.contained[0].bodySite.coding] == [site]
+    assert [c.code for c in parsed.conclusionCode[0].coding] == [code]
+    assert report["conclusion"].startswith(finding_spec(finding).title + " suspected")
+    negative = diagnostic_report(_result(finding_spec(finding).negative, finding=finding, body_part=body_part),
+                                 report_id="r", issued="2026-01-02T03:04:05+00:00")
+    assert "conclusionCode" not in negative and "not detected" in negative["conclusion"]
+
+
+def test_a_model_registered_with_an_unknown_finding_is_refused(tmp_path):
+    weights = tmp_path / "w.pt"
+    torch.save({}, weights)
+    with pytest.raises(RegistryError, match="unknown finding 'spleen'.*intracranial-hemorrhage"):
+        register(tmp_path / "registry", "x", weights, input_spec=InputSpec(), finding="spleen")
 
 
 def test_routing_fields_come_from_the_parsed_first_instance_which_prepare_reuses(tmp_path):
