@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from medray.broker.lanes import LANE_PRIORITIES, LANES, PRIORITY_HEADER
 from medray.cluster.node_types import ROLES
 from medray.errors import RegistryError
+from medray.models.backends import REQUESTS as BACKEND_REQUESTS
 from medray.models.registry import parse_ref
 
 __all__ = ["LANES", "LANE_PRIORITIES", "PRIORITY_HEADER", "REASON_STATUS", "LaneConfig", "DiagnosisArgs",
@@ -103,6 +104,12 @@ class DiagnosisArgs(_Strict):
     max_instance_pixels: int = Field(4096 * 4096, ge=1, description="pixels one instance may declare; more -> 413")
     max_instances: int = Field(2000, ge=1, description="instances one request may carry; more -> 413")
     max_batch_size: int = Field(16, ge=1, description="largest inference batch (dynamic batching)")
+    backend: str = Field(
+        "auto",
+        description="how replicas run the models (medray.models.backends): 'auto' = 'compile' (torch.compile, "
+                    "CUDA graphs, bf16) where the replica has a CUDA GPU, 'onnx' (ONNX Runtime fp32, exported once "
+                    "into the registry) on CPUs; 'onnx-int8' needs a passed check_int8 of the model; 'tensorrt' "
+                    "needs TensorRT; 'eager' = plain torch fp32, the reference")
     batch_wait_timeout_s: float = Field(
         0.0, ge=0, description="how long a batch waits to fill; 0 = take what is queued, never wait")
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After of 503 responses when overloaded")
@@ -136,6 +143,13 @@ class DiagnosisArgs(_Strict):
         if not path.is_absolute():
             raise ValueError(f"{value!r} is relative: use an {_PATH_HELP}")
         return str(path)
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, backend: str) -> str:
+        if backend not in BACKEND_REQUESTS:
+            raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKEND_REQUESTS)}")
+        return backend
 
     @field_validator("experts")
     @classmethod

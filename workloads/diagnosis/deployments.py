@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -147,8 +148,9 @@ class Engine:
         self.lane = lane
         self._args = args
         self._catalog = catalog
-        # One torch thread per CPU the replica was given: more only oversubscribes the node.
-        torch.set_num_threads(max(1, int(args.lanes[lane].num_cpus)))
+        # One torch (or ONNX Runtime) thread per CPU the replica was given: more only oversubscribes the node.
+        self._threads = max(1, int(args.lanes[lane].num_cpus))
+        torch.set_num_threads(self._threads)
         sizes = args.lanes[lane]
         if sizes.num_gpus:
             # Fractional GPUs share one device's memory unchecked: cap this replica to its budget.
@@ -193,10 +195,12 @@ class Engine:
 
     @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
     async def get_model(self, ref: str) -> _Resident:
-        """The model ``ref``, loaded from the registry on first use."""
-        model = await asyncio.get_running_loop().run_in_executor(
-            self._read_pool, load_model, self._args.registry, ref)
-        log.info("lane %s loaded model %s", self.lane, ref)
+        """The model ``ref``, loaded from the registry on first use, on the configured backend."""
+        load = functools.partial(load_model, self._args.registry, ref, backend=self._args.backend,
+                                 threads=self._threads, max_batch=self._args.max_batch_size)
+        # In the inference thread: CUDA graphs (backend compile) are captured in the thread that replays them.
+        model = await asyncio.get_running_loop().run_in_executor(self._infer_pool, load)
+        log.info("lane %s loaded model %s on backend %s", self.lane, ref, model.backend)
         return _Resident(model, self._resident)
 
     async def _preload(self) -> None:
@@ -269,7 +273,8 @@ class Engine:
                 "patient_ref": pseudonym(self._key, study.patient_id, kind="patient") if study.patient_id.strip() else None,
                 "instances": study.n_instances,
             },
-            "served_by": {"lane": self.lane, "node_type": self.node_type, "batch_size": batch_size},
+            "served_by": {"lane": self.lane, "node_type": self.node_type, "backend": model.backend,
+                          "batch_size": batch_size},
             "timings_ms": {
                 "read_normalize": round((read_done - start) * 1e3, 2),
                 "batch_and_infer": round((done - read_done) * 1e3, 2),

@@ -2,7 +2,7 @@
 
 Everything here calls the one implementation in medray (``dicom_series`` to read and validate,
 ``Volume.normalized``, i.e. ``imaging.normalize_volume``, with the model's InputSpec, ``registry``
-and ``models`` to load), so the service and the plain-FastAPI baseline of
+and ``models.backends`` to load and run), so the service and the plain-FastAPI baseline of
 ``benchmarks/serve_load.py`` run exactly the same code.
 """
 
@@ -16,9 +16,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from medray.dicom.volume import read_instance, volume_from_datasets
-from medray.errors import ConfigError
 from medray.imaging.normalize import InputSpec
-from medray.models.registry import ModelManifest, load_state_dict
+from medray.models.backends import Predictor, load_backend
+from medray.models.registry import ModelManifest
 
 __all__ = ["Study", "LoadedModel", "routing_fields", "prepare", "load_model", "predict"]
 
@@ -36,15 +36,25 @@ class Study:
 
 @dataclass
 class LoadedModel:
-    """A registry model ready for inference (eval mode, on the CPU or the replica's GPU)."""
+    """A registry model ready for inference on one backend (:mod:`medray.models.backends`)."""
 
     manifest: ModelManifest
-    module: object = field(repr=False)
+    predictor: Predictor = field(repr=False)
     spec: InputSpec
 
     @property
     def ref(self) -> str:
         return self.manifest.ref
+
+    @property
+    def backend(self) -> str:
+        """Which backend answers: ``eager``, ``onnx``, ``onnx-int8``, ``compile`` or ``tensorrt``."""
+        return self.predictor.backend
+
+    @property
+    def module(self) -> object:
+        """The torch module (eager and compile backends), else None."""
+        return self.predictor.module
 
 
 def routing_fields(ds: Dataset) -> tuple[str, str]:
@@ -77,31 +87,15 @@ def prepare(instances: Sequence[bytes], spec: InputSpec, *, max_pixels: int, fir
     )
 
 
-def load_model(registry: str | Path, ref: str) -> LoadedModel:
-    """Load and verify ``ref`` (``name:version`` or ``name:latest``) from the registry, in eval mode."""
-    import torch
-
-    from medray.models import build_model
-
-    manifest, state = load_state_dict(registry, ref)
-    module = build_model(manifest.model_config)
-    module.load_state_dict(state)
-    module.eval()
-    spec = manifest.spec
-    if tuple(module.config.in_shape) != spec.shape:
-        raise ConfigError(f"{manifest.ref}: model in_shape {module.config.in_shape} differs from its input "
-                          f"spec shape {spec.shape}: re-register the model with matching values")
-    if torch.cuda.is_available():
-        module = module.cuda()
-    return LoadedModel(manifest=manifest, module=module, spec=spec)
+def load_model(registry: str | Path, ref: str, *, backend: str = "eager", threads: int | None = None,
+               max_batch: int = 16) -> LoadedModel:
+    """Load and verify ``ref`` (``name:version`` or ``name:latest``) from the registry, ready on ``backend``
+    (``auto`` picks by the device: :func:`medray.models.backends.choose_backend`); ``threads``: the
+    replica's CPUs; ``max_batch``: the largest batch the GPU backends capture."""
+    predictor = load_backend(registry, ref, backend, threads=threads, max_batch=max_batch)
+    return LoadedModel(manifest=predictor.manifest, predictor=predictor, spec=predictor.manifest.spec)
 
 
 def predict(model: LoadedModel, xs: np.ndarray) -> list[float]:
     """Probabilities for a batch ``xs`` of normalised volumes ``(n, z, y, x)``."""
-    import torch
-
-    module = model.module
-    device = next(module.parameters()).device  # type: ignore[attr-defined]
-    with torch.inference_mode():
-        batch = torch.from_numpy(np.ascontiguousarray(xs, dtype=np.float32))[:, None].to(device)
-        return torch.sigmoid(module(batch)).float().cpu().tolist()  # type: ignore[operator]
+    return model.predictor(np.asarray(xs, dtype=np.float32)[:, None]).tolist()
