@@ -22,12 +22,34 @@ def _prep_outputs(ctx: DemoContext) -> tuple[Path, Path]:
     raise ConfigError("the burst stage trains on the preprocessing stage's outputs: run it first")
 
 
+# The burst's research run trains on this many of the cohort's patients: what matters is that it
+# checkpoints every few seconds and yields at once, not what it learns (the training stage learns).
+BURST_PATIENTS = 48
+
+
+def research_slice(data: Path, out: Path, patients: int = BURST_PATIENTS) -> Path:
+    """The first ``patients`` rows of the volume shards under ``data``, as one shard under ``out``."""
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    from medray.data.shards import VOLUMES_DIR, shard_files
+
+    files = shard_files(data)
+    table = pads.dataset([str(f) for f in files], format="parquet").head(patients)
+    dest = out / VOLUMES_DIR
+    dest.mkdir(parents=True, exist_ok=True)
+    # The shards' own schema (with the input spec in its metadata) over the rows taken.
+    pq.write_table(table.replace_schema_metadata(pq.read_schema(files[0]).metadata), dest / "part-00000.parquet")
+    return out
+
+
 def stage(ctx: DemoContext, *, plan: BurstPlan = DEMO_PLAN) -> dict[str, Any]:
     """A short burst with the priority broker on the demo cluster: the emergency lane borrows the
     research run's GPUs and gives them back; a table and a timeline figure."""
     from medray.demo.report import FIGURES_DIR, figure_entry
 
     data, labels = _prep_outputs(ctx)
+    data = research_slice(data, ctx.out / "burst" / "research-data")
     kit = prepare_kit(ctx.out / "burst", data, labels, plan, seed=ctx.seed)
     result = run_phase(kit, plan, broker=True, name="burst", say=ctx.say)
     ctx.say(format_table([result], plan))

@@ -24,3 +24,15 @@ def test_the_timeline_has_a_column_per_phase_and_names_its_series(tmp_path):
     for text in ("baseline: static partition", "broker: priority broker", "train-a100", "pending",
                  "emergency failed (9)", "lend", "return", "research step"):
         assert text in texts
+
+
+def test_the_demo_burst_trains_on_a_slice_of_the_cohort_that_the_research_run_reads(tmp_path):
+    from tests.workloads.research.conftest import write_training_data
+    from workloads.burst.demo import research_slice
+    from workloads.research.data import load_cohort
+
+    data = write_training_data(tmp_path / "full", patients=12, seed=4, shards=3)
+    sliced = research_slice(data.data, tmp_path / "slice", patients=8)
+    full, part = load_cohort(data.data, data.labels), load_cohort(sliced, data.labels)
+    assert part.series == 8 and full.series == 12 and part.spec == full.spec
+    assert (part.train_patients | part.val_patients) < (full.train_patients | full.val_patients)
