@@ -15,7 +15,7 @@ speed doubled or halved with what the process had done before. CPU time per slic
 not depend on what else runs on the machine, and twice the loop's CPU ratio bounds what 2 cores
 can give.
 
-EMR: rows/s of the EMR pipeline (read Parquet, Safe Harbor de-identification, write Parquet) on
+EMR: rows/s of the EMR pipeline (read Parquet, de-identification under the longitudinal profile, write Parquet) on
 the cluster, against pandas reading the same table, de-identifying it row by row with
 ``DataFrame.apply`` (the same rules: pseudonyms, date shift, dropped identifiers) and writing it.
 The in-process library call (:func:`medray.privacy.emr.deidentify_table`) is shown as well.

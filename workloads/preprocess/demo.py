@@ -33,6 +33,7 @@ from medray.demo import figures
 from medray.demo.report import FIGURES_DIR, figure_entry
 from medray.demo.runner import DemoContext
 from medray.imaging.normalize import WINDOWS
+from medray.privacy.emr import PROFILE_RULES, EmrMapping
 from medray.privacy.ps315 import DeidOptions
 from medray.privacy.pseudonym import ensure_key_file, load_key
 from workloads.preprocess.dicom import DicomOptions, Summary, preprocess_dicom
@@ -96,13 +97,17 @@ def stage(ctx: DemoContext) -> dict[str, Any]:
     options = DicomOptions(deid=DeidOptions(retain_dates=True, retain_patient_characteristics=True))
     dicom = preprocess_dicom(ctx.cohort / "dicom", out, key=key, options=options)
     ctx.say(dicom.table())
-    emr = preprocess_emr(ctx.cohort / "emr", out / "emr", key=key)
+    # Longitudinal, not Safe Harbor: training joins the records to the images by patient pseudonym.
+    mapping = EmrMapping.default("longitudinal")
+    emr = preprocess_emr(ctx.cohort / "emr", out / "emr", key=key, mapping=mapping)
     ctx.say(emr.table())
+    ctx.say(f"EMR profile {mapping.profile}: {PROFILE_RULES[mapping.profile]}")
     return {
         "series": dicom.series_written + dicom.series_skipped,
         "slices": dicom.slices,
         "quarantined": dicom.quarantined_files,
         "emr_rows": emr.rows_out,
+        "emr_profile": mapping.profile,
         # Where the work ran against where the policy puts it first (it spills only when that is full).
         "placement": {"policy_first_choice": placement(PREP_PROFILE).node_type.name,
                       "series_by_node_type": dict(sorted(dicom.node_types.items()))},

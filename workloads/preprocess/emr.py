@@ -1,15 +1,20 @@
-"""EMR de-identification on Ray Data: Parquet/CSV tables in, Safe Harbor de-identified Parquet out.
+"""EMR de-identification on Ray Data: Parquet/CSV tables in, de-identified Parquet out, under the
+mapping's profile (``safe_harbor``: HIPAA Safe Harbor; ``longitudinal``: the research profile that
+joins with the images, not Safe Harbor; see :mod:`medray.privacy.emr`).
 
-    python -m workloads.preprocess.emr --input IN --output OUT [--mapping F] [--key-file F]
+    python -m workloads.preprocess.emr --input IN --output OUT [--mapping F] [--key-file F] [--crosswalk F]
 
 or :func:`preprocess_emr` from a notebook. Every ``.parquet`` / ``.csv`` file under IN is one
 table part: ``IN/labs.csv`` is table ``labs``, ``IN/labs/2024-01.parquet`` a part of it. Each part
 is one task on a prep node that applies :func:`medray.privacy.emr.deidentify_table` (pyarrow
 compute, no per-row Python) and writes ``OUT/<same path>.parquet``. Column roles come from the
 mapping (default: the synthetic cohort's, :meth:`EmrMapping.default`); tables it does not name are
-skipped, columns it does not name are dropped. ``patient_pseudonym`` equals the DICOM pipeline's
-PatientID pseudonym, so the outputs join on it. ``OUT/manifest.json`` records the key id, the
-mapping and per-table counts.
+skipped, columns it does not name are dropped. Under ``longitudinal``, ``patient_pseudonym`` equals
+the DICOM pipeline's PatientID pseudonym, so the outputs join on it; under ``safe_harbor`` it is a
+random code from the crosswalk file (``--crosswalk``, kept with the key), which the driver fills from
+every table's identifiers before the tasks start, so codes agree across tables and exports.
+``OUT/manifest.json`` records the key id, the mapping with its profile, the rule the profile
+implements and per-table counts.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from medray.cluster.local import connect
 from medray.data.shards import write_parquet
 from medray.errors import ConfigError, MedrayError
 from medray.logs import get_logger
-from medray.privacy.emr import EmrMapping, deidentify_table
+from medray.privacy.crosswalk import Crosswalk
+from medray.privacy.emr import PROFILE_RULES, EmrMapping, deidentify_table, identifier_kinds
 from medray.privacy.pseudonym import key_id, load_key
 from medray.scheduling.load import current_node_type
 from workloads.preprocess.runs import (
@@ -104,8 +110,10 @@ def _read(path: Path) -> pa.Table:
     return pq.read_table(path) if path.suffix == ".parquet" else pa_csv.read_csv(path)
 
 
-def _emr_batch(batch: pa.Table, root: str, out: str, key: bytes, mapping: EmrMapping) -> pa.Table:
+def _emr_batch(batch: pa.Table, root: str, out: str, key: bytes, mapping: EmrMapping,
+               codes: dict[str, dict[str, str]] | None) -> pa.Table:
     node = current_node_type()
+    crosswalk = Crosswalk.from_codes(codes, key) if codes is not None else None
     rows = []
     for path in batch.column("path").to_pylist():
         start = time.perf_counter()
@@ -117,7 +125,8 @@ def _emr_batch(batch: pa.Table, root: str, out: str, key: bytes, mapping: EmrMap
         try:
             table = _read(Path(root) / path)
             result = deidentify_table(table, mapping.tables[name], key,
-                                      age_reference_date=mapping.age_reference_date)
+                                      age_reference_date=mapping.age_reference_date,
+                                      profile=mapping.profile, crosswalk=crosswalk)
             write_parquet(result.table, Path(out) / output)
             row.update(rows_in=result.rows_in, rows_out=result.table.num_rows,
                        rows_without_patient_id=result.rows_without_patient_id,
@@ -132,12 +141,30 @@ def _emr_batch(batch: pa.Table, root: str, out: str, key: bytes, mapping: EmrMap
     return pa.Table.from_pylist(rows, schema=_RESULT_SCHEMA)
 
 
+def _fill_crosswalk(crosswalk: Crosswalk, root: Path, files: list[str], mapping: EmrMapping) -> None:
+    """Codes for every identifier of every mapped table part (only those columns are read)."""
+    for f in files:
+        kinds = identifier_kinds(mapping.tables[_table_name(f)])
+        try:
+            table = _read(root / f)
+        except Exception as e:  # the task reports the part; its parse error could quote a row
+            _log.warning("%s: cannot read its identifiers (%s)", f, type(e).__name__)
+            continue
+        for column, kind in kinds.items():
+            if column in table.column_names:
+                values = [str(v).strip(" \t\r\n\0") for v in table[column].to_pylist() if v is not None]
+                crosswalk.add([v for v in values if v], kind)
+    crosswalk.save()
+
+
 def preprocess_emr(input: str | Path, output: str | Path, *, key: bytes,
-                   mapping: EmrMapping | None = None, concurrency: int | None = None) -> EmrSummary:
+                   mapping: EmrMapping | None = None, concurrency: int | None = None,
+                   crosswalk: str | Path | None = None) -> EmrSummary:
     """De-identify every mapped table under ``input`` into ``output`` on the connected cluster.
 
-    A table that fails (e.g. its patient_id column is missing) is reported in the summary and
-    the manifest; the others are still written.
+    ``crosswalk``: the record-code file the ``safe_harbor`` profile needs (created on first use,
+    kept with the key). A table that fails (e.g. its patient_id column is missing) is reported in
+    the summary and the manifest; the others are still written.
     """
     import ray.data
 
@@ -153,6 +180,14 @@ def preprocess_emr(input: str | Path, output: str | Path, *, key: bytes,
     skipped = sorted({_table_name(f) for f in files} - set(mapping.tables))
     if skipped:
         _log.warning("no mapping for tables %s: not written (add them to the mapping)", skipped)
+    codes = None
+    if mapping.profile == "safe_harbor":
+        if crosswalk is None:
+            raise ConfigError("the safe_harbor profile takes its record codes from a crosswalk file kept with "
+                              "the key: pass --crosswalk FILE (created on first use)")
+        walk = Crosswalk(crosswalk, key)
+        _fill_crosswalk(walk, root, mapped, mapping)
+        codes = walk.snapshot()
     previous = read_manifest(out) or {}
     for stale in previous.get("outputs", []):  # a fresh run replaces the previous run's files
         (out / stale).unlink(missing_ok=True)
@@ -163,7 +198,7 @@ def preprocess_emr(input: str | Path, output: str | Path, *, key: bytes,
                                                         override_num_blocks=len(mapped)))
         work = work.map_batches(_emr_batch, batch_format="pyarrow", batch_size=1,
                                 fn_kwargs={"root": str(root), "out": str(out), "key": key,
-                                           "mapping": mapping},
+                                           "mapping": mapping, "codes": codes},
                                 **map_options(chosen, min(concurrency, len(mapped))))
         for batch in work.iter_batches(batch_format="pyarrow", batch_size=None):
             parts += batch.to_pylist()
@@ -176,6 +211,7 @@ def preprocess_emr(input: str | Path, output: str | Path, *, key: bytes,
         "format_version": EMR_FORMAT_VERSION,
         "key_id": key_id(key),
         "mapping": mapping.to_dict(),
+        "profile": {"name": mapping.profile, "rule": PROFILE_RULES[mapping.profile]},
         "tables": {p["path"]: {k: p[k] for k in ("table", "output", "rows_in", "rows_out",
                                                   "rows_without_patient_id", "unmapped_dropped",
                                                   "error")} for p in parts},
@@ -189,7 +225,10 @@ def preprocess_emr(input: str | Path, output: str | Path, *, key: bytes,
 
 def _parser() -> argparse.ArgumentParser:
     p = pipeline_parser(PIPELINE, __doc__, input_help="folder of Parquet/CSV tables", output_help="output folder")
-    p.add_argument("--mapping", help="column-role mapping (YAML or JSON); default: synthetic cohort")
+    p.add_argument("--mapping", help="column-role mapping with its profile (YAML or JSON); default: the "
+                                     "synthetic cohort's, longitudinal profile")
+    p.add_argument("--crosswalk", help="record-code file of the safe_harbor profile (created on first use; "
+                                       "keep it with the key, mode 0600)")
     return p
 
 
@@ -201,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mapping = EmrMapping.load(args.mapping) if args.mapping else EmrMapping.default()
         connect()
         summary = preprocess_emr(args.input, args.output, key=key, mapping=mapping,
-                                 concurrency=args.concurrency)
+                                 concurrency=args.concurrency, crosswalk=args.crosswalk)
     except MedrayError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,27 +1,39 @@
-"""EMR de-identification after HIPAA Safe Harbor, vectorised with pyarrow compute.
+"""EMR de-identification by column role under a named profile, vectorised with pyarrow compute.
 
 Each column of a table gets a **role** from a small declarative mapping (YAML or JSON, see
-:class:`EmrMapping`); nothing is decided per row in Python. Keyed functions are evaluated once
-per distinct value (an MRN, an encounter ID), never per row.
+:class:`EmrMapping`); nothing is decided per row in Python. Keyed and random codes are computed
+once per distinct value (an MRN, an encounter ID), never per row. The mapping names its
+**profile** (:data:`PROFILES`), which decides what the identifying roles become:
 
-========== =============================================================================
-role       what happens
-========== =============================================================================
-patient_id the MRN column: replaced by ``patient_pseudonym`` (first column) =
-           ``pseudonym(key, mrn, kind="patient")``, the DICOM PatientID pseudonym; rows
-           without one are dropped (they cannot be shifted or linked)
-keep       kept as is (the explicit allow-list)
+========== ======================================= ===========================================
+role       ``safe_harbor``                         ``longitudinal``
+========== ======================================= ===========================================
+patient_id ``patient_pseudonym`` (first column) =  ``patient_pseudonym`` = ``pseudonym(key, mrn,
+           a random code from the crosswalk        kind="patient")``, the DICOM PatientID
+           (:class:`~medray.privacy.crosswalk.     pseudonym
+           Crosswalk`); rows without an MRN are
+           dropped
+pseudonym  a random crosswalk code of its kind     ``pseudonym(key, value, kind=<column>)``
+           (joins across tables survive)
+date       the year only (int16)                   shifted by ``date_shift_days(key, mrn)``,
+                                                   the DICOM pipeline's offset
+birth_date the birth year, null over 89; adds      shifted like a date, null over 89; adds
+           ``age`` ("NN" or "90+")                 ``age``
+keep       kept as is (the explicit allow-list)    the same
 remove     dropped (names, street, city, phone, fax, email, SSN, plan and account numbers,
            licences, vehicle and device IDs, URLs, IPs, biometrics, photos)
-pseudonym  replaced by ``pseudonym(key, value, kind=<column name>)``: same name, same kind,
-           so IDs stay joinable across tables (e.g. encounter_id)
-date       shifted by ``date_shift_days(key, mrn)`` days, the DICOM pipeline's offset
-birth_date shifted like a date, but null where the patient is older than 89 on the mapping's
-           ``age_reference_date``; adds an ``age`` column ("NN" years or "90+")
-age        ages as text, those over 89 grouped as "90+"
-zip        the first three digits; the 17 ZIP3 areas of fewer than 20,000 people -> "000"
-free_text  dropped: free text cannot be cleaned by column rules
-========== =============================================================================
+age        ages as text, those over 89 grouped as "90+" (both profiles)
+zip        the first three digits; the 17 ZIP3 areas of fewer than 20,000 people -> "000" (both)
+free_text  dropped: free text cannot be cleaned by column rules (both)
+========== ======================================= ===========================================
+
+``safe_harbor`` implements HIPAA Safe Harbor (45 CFR 164.514(b)(2)): the 18 identifiers removed
+(by the roles above), every element of a date except the year, ages over 89 as one group, ZIP3
+with the restricted areas zeroed, and record codes that are not derived from information about
+the individual (164.514(c)). ``longitudinal`` is **not** Safe Harbor: its day-precise shifted
+dates and keyed pseudonyms (shared with the DICOM pipeline, so images and records of a patient
+join) make it a research profile for an expert determination (164.514(b)(1)) or a limited data set
+under a data use agreement (164.514(e)). The profile is written into every output's manifest.
 
 Columns the mapping does not name are dropped (and reported), whatever their type.
 """
@@ -40,6 +52,8 @@ import pyarrow.compute as pc
 
 from medray.data.shards import PATIENT_PSEUDONYM
 from medray.errors import ConfigError
+from medray.logs import get_logger
+from medray.privacy.crosswalk import Crosswalk
 from medray.privacy.pseudonym import date_shifts, pseudonyms
 
 __all__ = [
@@ -47,12 +61,15 @@ __all__ = [
     "OLDEST_AGE_GROUP",
     "RESTRICTED_ZIP3",
     "ROLES",
+    "PROFILES",
+    "PROFILE_RULES",
     "AGE_COLUMN",
     "TableMapping",
     "EmrMapping",
     "TableResult",
     "age_group",
     "deidentify_table",
+    "identifier_kinds",
 ]
 
 MAX_AGE_YEARS = 89
@@ -63,7 +80,18 @@ RESTRICTED_ZIP3 = frozenset({"036", "059", "063", "102", "203", "556", "692", "7
 ROLES = ("patient_id", "keep", "remove", "pseudonym", "date", "birth_date", "age", "zip",
          "free_text")
 AGE_COLUMN = "age"
-_MAPPING_VERSION = 1
+PROFILES = ("safe_harbor", "longitudinal")
+# What each profile implements, as written into the outputs' manifests.
+PROFILE_RULES = {
+    "safe_harbor": "HIPAA Safe Harbor, 45 CFR 164.514(b)(2): dates to the year, ages over 89 as 90+, ZIP3 "
+                   "with restricted areas zeroed, identifiers removed; record codes from a random crosswalk "
+                   "(164.514(c))",
+    "longitudinal": "not Safe Harbor: keyed pseudonyms and per-patient date shifts shared with DICOM; needs an "
+                    "expert determination (164.514(b)(1)) or a limited data set under a data use agreement "
+                    "(164.514(e))",
+}
+_MAPPING_VERSION = 2
+_log = get_logger("medray.privacy.emr")
 
 
 def age_group(years: int) -> str:
@@ -96,17 +124,33 @@ class TableMapping:
 
 @dataclass(frozen=True)
 class EmrMapping:
-    """Column roles per table (by table name, the file stem) and the age reference date."""
+    """Column roles per table (by table name, the file stem), the age reference date and the
+    profile (:data:`PROFILES`) the roles are applied under."""
 
     tables: Mapping[str, TableMapping]
     age_reference_date: date
+    profile: str = "longitudinal"
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ConfigError(f"unknown profile {self.profile!r}: use one of {list(PROFILES)}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EmrMapping:
         """Validate a parsed mapping file (see :meth:`to_dict` for the layout)."""
-        if not isinstance(d, Mapping) or d.get("version") != _MAPPING_VERSION:
+        if not isinstance(d, Mapping) or d.get("version") not in (1, _MAPPING_VERSION):
             raise ConfigError(f"an EMR mapping must be a mapping with version: {_MAPPING_VERSION}")
-        unknown = sorted(set(d) - {"version", "age_reference_date", "tables"})
+        if d["version"] == 1:
+            # Version 1 had no profile and always ran what is now "longitudinal" (it called it Safe Harbor).
+            _log.warning("EMR mapping version 1 runs the longitudinal profile, which is not Safe Harbor: "
+                         "write version: 2 with profile: safe_harbor or profile: longitudinal")
+            profile = "longitudinal"
+        elif d.get("profile") not in PROFILES:
+            raise ConfigError(f"the EMR mapping must name its profile: one of {list(PROFILES)} "
+                              "(see medray.privacy.emr: only safe_harbor is HIPAA Safe Harbor)")
+        else:
+            profile = d["profile"]
+        unknown = sorted(set(d) - {"version", "age_reference_date", "tables", "profile"})
         if unknown:
             raise ConfigError(f"unknown keys {unknown} in the EMR mapping")
         try:
@@ -124,7 +168,7 @@ class EmrMapping:
                 raise ConfigError(f"table {name!r}: expected keys patient_id and columns")
             parsed[str(name)] = TableMapping(patient_id=t.get("patient_id"),
                                              columns=dict(t.get("columns") or {}))
-        return cls(tables=parsed, age_reference_date=reference)
+        return cls(tables=parsed, age_reference_date=reference, profile=profile)
 
     @classmethod
     def load(cls, path: str | Path) -> EmrMapping:
@@ -149,19 +193,22 @@ class EmrMapping:
         """The mapping as written in a mapping file."""
         return {
             "version": _MAPPING_VERSION,
+            "profile": self.profile,
             "age_reference_date": self.age_reference_date.isoformat(),
             "tables": {n: {"patient_id": t.patient_id, "columns": dict(t.columns)}
                        for n, t in self.tables.items()},
         }
 
     @classmethod
-    def default(cls) -> EmrMapping:
-        """The mapping of :func:`medray.data.cohort.generate_cohort`'s EMR tables."""
-        return cls.from_dict(_SYNTH_MAPPING)
+    def default(cls, profile: str = "longitudinal") -> EmrMapping:
+        """The mapping of :func:`medray.data.cohort.generate_cohort`'s EMR tables under ``profile``
+        (longitudinal by default: the demo joins the records to the images by patient pseudonym)."""
+        return cls.from_dict({**_SYNTH_MAPPING, "profile": profile})
 
 
 _SYNTH_MAPPING: dict[str, Any] = {
     "version": _MAPPING_VERSION,
+    "profile": "longitudinal",
     "age_reference_date": "2024-01-01",
     "tables": {
         "patients": {"patient_id": "mrn", "columns": {
@@ -226,6 +273,26 @@ def _shift(values: pa.ChunkedArray, days: pa.Array, column: str) -> pa.Array:
     raise ConfigError(f"column {column!r} has role date but type {t}: only dates and timestamps shift")
 
 
+def _as_dates(values: pa.ChunkedArray, column: str, role: str) -> pa.ChunkedArray:
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        try:
+            return pc.cast(values, pa.date32())
+        except pa.ArrowInvalid:
+            raise ConfigError(
+                f"column {column!r} has role {role} but holds text that is not an ISO date "
+                "(YYYY-MM-DD): convert it, or map it as free_text"
+            ) from None
+    if not (pa.types.is_date(values.type) or pa.types.is_timestamp(values.type)):
+        raise ConfigError(f"column {column!r} has role {role} but type {values.type}: only dates and "
+                          "timestamps are dates")
+    return values
+
+
+def _year(values: pa.ChunkedArray, column: str) -> pa.Array:
+    """Safe Harbor's date: the year alone (int16)."""
+    return pc.cast(pc.year(_as_dates(values, column, "date")), pa.int16())
+
+
 def _age_text(years: pa.Array) -> pa.Array:
     text = pc.cast(years, pa.string())
     return pc.if_else(pc.greater(years, MAX_AGE_YEARS), OLDEST_AGE_GROUP, text)
@@ -239,16 +306,17 @@ def _ages(values: pa.ChunkedArray, column: str) -> pa.Array:
     return _age_text(years)
 
 
-def _birth_dates(values: pa.ChunkedArray, days: pa.Array, reference: date,
+def _birth_dates(values: pa.ChunkedArray, days: pa.Array | None, reference: date,
                  column: str) -> tuple[pa.Array, pa.Array]:
-    """(shifted birth dates, null where older than 89; age text at ``reference``)."""
-    born = pc.cast(values, pa.date32()) if not pa.types.is_date32(values.type) else values
+    """(birth dates shifted by ``days``, or their year when ``days`` is None, null where older than
+    89; age text at ``reference``)."""
+    born = pc.cast(_as_dates(values, column, "birth_date"), pa.date32())
     month_day = pc.add(pc.multiply(pc.month(born), 100), pc.day(born))
     before_birthday = pc.cast(pc.greater(month_day, reference.month * 100 + reference.day), pa.int64())
     years = pc.subtract(pc.subtract(reference.year, pc.year(born)), before_birthday)
-    shifted = _shift(values, days, column)
+    out = _shift(values, days, column) if days is not None else pc.cast(pc.year(born), pa.int16())
     too_old = pc.fill_null(pc.greater(years, MAX_AGE_YEARS), False)
-    return pc.if_else(too_old, pa.scalar(None, shifted.type), shifted), _age_text(years)
+    return pc.if_else(too_old, pa.scalar(None, out.type), out), _age_text(years)
 
 
 def _zip3(values: pa.ChunkedArray) -> pa.Array:
@@ -266,9 +334,25 @@ def _zip3(values: pa.ChunkedArray) -> pa.Array:
 
 # --- Tables ----------------------------------------------------------------------------------
 
+def identifier_kinds(mapping: TableMapping) -> dict[str, str]:
+    """Column -> kind of identifier that gets a pseudonym or crosswalk code (the MRN is ``patient``)."""
+    return {mapping.patient_id: "patient",
+            **{c: c for c, role in mapping.columns.items() if role == "pseudonym"}}
+
+
 def deidentify_table(table: pa.Table, mapping: TableMapping, key: bytes, *,
-                     age_reference_date: date) -> TableResult:
-    """De-identify one table by its column roles (see the module docstring)."""
+                     age_reference_date: date, profile: str = "longitudinal",
+                     crosswalk: Crosswalk | None = None) -> TableResult:
+    """De-identify one table by its column roles under ``profile`` (see the module docstring).
+
+    ``safe_harbor`` takes its record codes from ``crosswalk``, which must hold every identifier of
+    the table (:meth:`Crosswalk.add` with :func:`identifier_kinds`).
+    """
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}: use one of {list(PROFILES)}")
+    if profile == "safe_harbor" and crosswalk is None:
+        raise ConfigError("the safe_harbor profile takes its record codes from a crosswalk file kept with the "
+                          "key: pass one (--crosswalk FILE)")
     if mapping.patient_id not in table.column_names:
         raise ConfigError(
             f"the table has no patient_id column {mapping.patient_id!r}: fix the mapping"
@@ -279,8 +363,13 @@ def deidentify_table(table: pa.Table, mapping: TableMapping, key: bytes, *,
     if not pc.all(has_id).as_py():
         table, mrn = table.filter(has_id), pc.filter(mrn, has_id)
 
-    patient = _per_distinct(mrn, lambda vs: pseudonyms(key, vs, kind="patient"), pa.string())
-    days = _per_distinct(mrn, lambda vs: date_shifts(key, vs), pa.int32())
+    def codes(values: pa.ChunkedArray, kind: str) -> pa.Array:
+        if crosswalk is not None and profile == "safe_harbor":
+            return _per_distinct(values, lambda vs: crosswalk.codes(vs, kind), pa.string())
+        return _per_distinct(values, lambda vs: pseudonyms(key, vs, kind=kind), pa.string())
+
+    patient = codes(mrn, "patient")
+    days = _per_distinct(mrn, lambda vs: date_shifts(key, vs), pa.int32()) if profile == "longitudinal" else None
     names: list[str] = [PATIENT_PSEUDONYM]
     columns: list[pa.Array | pa.ChunkedArray] = [patient]
     roles: dict[str, str] = {}
@@ -299,9 +388,9 @@ def deidentify_table(table: pa.Table, mapping: TableMapping, key: bytes, *,
         if role == "keep":
             out = values
         elif role == "pseudonym":
-            out = _per_distinct(values, lambda vs, kind=name: pseudonyms(key, vs, kind=kind), pa.string())
+            out = codes(values, name)
         elif role == "date":
-            out = _shift(values, days, name)
+            out = _shift(values, days, name) if days is not None else _year(values, name)
         elif role == "age":
             out = _ages(values, name)
         elif role == "zip":

@@ -1,4 +1,5 @@
-"""medray.privacy.emr: vectorised HIPAA Safe Harbor de-identification of EMR tables (no cluster)."""
+"""medray.privacy.emr: vectorised de-identification of EMR tables under the longitudinal research profile
+and under HIPAA Safe Harbor (no cluster)."""
 
 import json
 from datetime import date, datetime, timedelta
@@ -8,16 +9,20 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-import medray.privacy.emr as safe_harbor
+import medray.privacy.emr as emr_module
 from medray.data.cohort import generate_cohort
+from medray.data.shards import PATIENT_PSEUDONYM
 from medray.errors import ConfigError
+from medray.privacy.crosswalk import Crosswalk
 from medray.privacy.emr import (
+    AGE_COLUMN,
     OLDEST_AGE_GROUP,
     RESTRICTED_ZIP3,
     EmrMapping,
     TableMapping,
     age_group,
     deidentify_table,
+    identifier_kinds,
 )
 from medray.privacy.pseudonym import date_shift_days, pseudonym
 
@@ -141,13 +146,13 @@ def test_pseudonymised_ids_join_across_tables(emr):
 
 def test_keyed_functions_run_once_per_distinct_value_not_per_row(emr, monkeypatch):
     calls = []
-    real = safe_harbor.pseudonyms
+    real = emr_module.pseudonyms
 
     def counting(key, values, *, kind):
         calls.extend([kind] * len(values))
         return real(key, values, kind=kind)
 
-    monkeypatch.setattr(safe_harbor, "pseudonyms", counting)
+    monkeypatch.setattr(emr_module, "pseudonyms", counting)
     labs = emr["labs"]
     deid(labs, "labs")
     assert calls.count("patient") == len(set(labs["mrn"].to_pylist())) < labs.num_rows
@@ -159,15 +164,22 @@ def test_mapping_files_round_trip_and_are_validated(tmp_path):
     path.write_text(json.dumps(MAPPING.to_dict()))
     assert EmrMapping.load(path) == MAPPING
     yaml_path = tmp_path / "mapping.yaml"
-    yaml_path.write_text("version: 1\nage_reference_date: 2023-06-30\ntables:\n"
+    yaml_path.write_text("version: 2\nprofile: safe_harbor\nage_reference_date: 2023-06-30\ntables:\n"
                          "  visits: {patient_id: mrn, columns: {seen_on: date}}\n")
     loaded = EmrMapping.load(yaml_path)
-    assert loaded.age_reference_date == date(2023, 6, 30)
+    assert loaded.age_reference_date == date(2023, 6, 30) and loaded.profile == "safe_harbor"
     assert loaded.tables["visits"].columns == {"seen_on": "date"}
     with pytest.raises(ConfigError, match="unknown roles"):
         TableMapping(patient_id="mrn", columns={"name": "hash"})
     with pytest.raises(ConfigError, match="age_reference_date"):
-        EmrMapping.from_dict({"version": 1, "tables": {"t": {"patient_id": "mrn"}}})
+        EmrMapping.from_dict({"version": 2, "profile": "longitudinal", "tables": {"t": {"patient_id": "mrn"}}})
+    # A mapping must say which profile it runs; version 1 files ran the longitudinal one.
+    with pytest.raises(ConfigError, match="must name its profile"):
+        EmrMapping.from_dict({"version": 2, "age_reference_date": "2023-06-30", "tables": {"t": {"patient_id": "m"}}})
+    old = EmrMapping.from_dict({"version": 1, "age_reference_date": "2023-06-30", "tables": {"t": {"patient_id": "m"}}})
+    assert old.profile == "longitudinal"
+    with pytest.raises(ConfigError, match="unknown profile"):
+        EmrMapping(tables={}, age_reference_date=REFERENCE, profile="hipaa")
     with pytest.raises(ConfigError, match="patient_id column"):
         deidentify_table(pa.table({"id": ["x"]}), TableMapping(patient_id="mrn"), KEY,
                          age_reference_date=REFERENCE)
@@ -191,3 +203,74 @@ def test_timestamps_of_any_unit_shift_by_whole_days():
                                age_reference_date=REFERENCE).table
         shift = timedelta(days=date_shift_days(KEY, "a"))
         assert out["at"].to_pylist()[0] == datetime(2020, 2, 29, 13, 5) + shift
+
+
+# Safe Harbor (45 CFR 164.514(b)(2)) -------------------------------------------------------------
+
+SAFE = EmrMapping.default("safe_harbor")
+
+
+def safe(emr, tmp_path):
+    """Every table under safe_harbor, with one crosswalk filled from all of them first (as the pipeline does)."""
+    walk = Crosswalk(tmp_path / "crosswalk.json", KEY)
+    for name, table in emr.items():
+        for column, kind in identifier_kinds(SAFE.tables[name]).items():
+            walk.add([str(v) for v in table[column].to_pylist() if v is not None and str(v).strip()], kind)
+    walk.save()
+    return {name: deidentify_table(table, SAFE.tables[name], KEY, age_reference_date=REFERENCE,
+                                   profile="safe_harbor", crosswalk=walk).table
+            for name, table in emr.items()}, walk
+
+
+def test_safe_harbor_keeps_only_the_year_of_every_date(emr, tmp_path):
+    out, _ = safe(emr, tmp_path)
+    encounters = out["encounters"]
+    assert encounters.schema.field("admit_date").type == pa.int16()
+    assert encounters["admit_date"].to_pylist() == [d.year for d in emr["encounters"]["admit_date"].to_pylist()]
+    labs = out["labs"]
+    assert labs["collected_at"].to_pylist() == [
+        pa.scalar(v).cast(pa.date32()).as_py().year if isinstance(v, str) else v.year
+        for v in emr["labs"]["collected_at"].to_pylist()]
+    patients = out["patients"]
+    born = emr["patients"]["birth_date"].to_pylist()
+    ages = patients[AGE_COLUMN].to_pylist()
+    for birth, year, age in zip(born, patients["birth_date"].to_pylist(), ages):
+        assert (year is None) == (age == OLDEST_AGE_GROUP)  # no birth year over 89, not even the year
+        assert year is None or year == birth.year
+    every_cell = set().union(*(cells(t) for t in out.values()))
+    iso_dates = [c for c in every_cell if len(c) == 10 and c[4] == "-" and c[7] == "-"]
+    assert not iso_dates, iso_dates[:3]
+
+
+def test_safe_harbor_record_codes_are_random_not_derived_from_the_mrn(emr, tmp_path):
+    out, walk = safe(emr, tmp_path)
+    mrns = emr["patients"]["mrn"].to_pylist()
+    codes = out["patients"][PATIENT_PSEUDONYM].to_pylist()
+    assert len(set(codes)) == len(set(mrns))
+    assert not set(codes) & {pseudonym(KEY, m, kind="patient") for m in mrns}  # not the keyed hash
+    # The same patient has the same code in every table; encounter IDs still join labs to encounters.
+    assert set(out["labs"][PATIENT_PSEUDONYM].to_pylist()) <= set(codes)
+    assert set(out["labs"]["encounter_id"].to_pylist()) <= set(out["encounters"]["encounter_id"].to_pylist())
+    # A second crosswalk (another export) under the same key draws other codes: nothing in a code
+    # can be computed from the MRN; the file keeps digests and codes, never an MRN.
+    _, other = safe(emr, tmp_path / "other")
+    assert other.codes(mrns[:3], "patient") != walk.codes(mrns[:3], "patient")
+    text = (tmp_path / "crosswalk.json").read_text()
+    assert not [m for m in mrns if m in text]
+    assert (tmp_path / "crosswalk.json").stat().st_mode & 0o777 == 0o600
+    # Reloaded, the crosswalk gives the same codes (later exports join with this one).
+    assert Crosswalk(tmp_path / "crosswalk.json", KEY).codes(mrns[:3], "patient") == walk.codes(mrns[:3], "patient")
+    with pytest.raises(ConfigError, match="another key"):
+        Crosswalk(tmp_path / "crosswalk.json", b"x" * 32)
+
+
+def test_safe_harbor_handles_the_identifiers_like_the_longitudinal_profile_otherwise(emr, tmp_path):
+    out, _ = safe(emr, tmp_path)
+    longitudinal = deid(emr["patients"], "patients").table
+    patients = out["patients"]
+    assert patients.column_names == longitudinal.column_names
+    assert patients["zip"].to_pylist() == longitudinal["zip"].to_pylist()
+    assert patients[AGE_COLUMN].to_pylist() == longitudinal[AGE_COLUMN].to_pylist()
+    with pytest.raises(ConfigError, match="crosswalk"):
+        deidentify_table(emr["patients"], SAFE.tables["patients"], KEY, age_reference_date=REFERENCE,
+                         profile="safe_harbor")

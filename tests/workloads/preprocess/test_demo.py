@@ -22,6 +22,7 @@ def test_stage_writes_prep_and_emr_and_summarises(tmp_path, node_types, ray_clus
     result = stage(ctx)
     assert result["series"] == 2 and result["slices"] == 8 and result["quarantined"] == 0
     assert result["emr_rows"] > 0 and result["seconds"] > 0
+    assert result["emr_profile"] == "longitudinal"  # joins the images: named for what it is, not Safe Harbor
     json.dumps(result)  # the demo writes it to summary.json
     assert len(shard_files(tmp_path / "prep")) == 2
     assert (tmp_path / "prep/emr/patients.parquet").exists()

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 
+from medray.errors import ConfigError
 from medray.privacy.emr import EmrMapping
 from medray.privacy.pseudonym import date_shift_days, key_id, pseudonym
 from tests.workloads.preprocess.helpers import PATIENTS
@@ -63,6 +64,7 @@ def test_emr_outputs_manifest_and_dropped_columns(both, cohort, key):
     manifest = json.loads((emr_out / "manifest.json").read_text())
     assert manifest["key_id"] == key_id(key)
     assert manifest["mapping"] == EmrMapping.default().to_dict()
+    assert manifest["profile"]["name"] == "longitudinal" and "not Safe Harbor" in manifest["profile"]["rule"]
     rows_in = pq.read_table(cohort / "emr/encounters.parquet").num_rows
     assert manifest["tables"]["encounters.parquet"]["rows_out"] == rows_in
 
@@ -80,3 +82,30 @@ def test_a_broken_table_fails_alone(cohort, key, tmp_path, ray_cluster):
     assert summary.skipped == ["scratch"]
     assert (tmp_path / "out/patients.parquet").exists()
     assert not (tmp_path / "out/encounters.parquet").exists()
+
+
+def test_the_safe_harbor_profile_writes_years_random_codes_and_says_so(cohort, key, tmp_path, ray_cluster):
+    crosswalk = tmp_path / "keys" / "crosswalk.json"
+    mapping = EmrMapping.default("safe_harbor")
+    with pytest.raises(ConfigError, match="--crosswalk"):
+        preprocess_emr(cohort / "emr", tmp_path / "no-crosswalk", key=key, mapping=mapping)
+    summary = preprocess_emr(cohort / "emr", tmp_path / "out", key=key, mapping=mapping, crosswalk=crosswalk)
+    assert not summary.failed
+    patients = pq.read_table(tmp_path / "out/patients.parquet")
+    labs = pq.read_table(tmp_path / "out/labs.parquet")
+    encounters = pq.read_table(tmp_path / "out/encounters.parquet")
+    # The same random code for a patient in every table (the driver filled one crosswalk first) ...
+    codes = set(patients["patient_pseudonym"].to_pylist())
+    assert set(labs["patient_pseudonym"].to_pylist()) <= codes
+    assert set(labs["encounter_id"].to_pylist()) <= set(encounters["encounter_id"].to_pylist())
+    # ... which is not the keyed pseudonym the longitudinal profile (and DICOM) uses.
+    mrns = pq.read_table(cohort / "emr/patients.parquet")["mrn"].to_pylist()
+    assert not codes & {pseudonym(key, m, kind="patient") for m in mrns}
+    assert {type(v) for v in encounters["admit_date"].to_pylist()} == {int}  # years only
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert manifest["mapping"]["profile"] == manifest["profile"]["name"] == "safe_harbor"
+    assert "164.514(b)(2)" in manifest["profile"]["rule"]
+    # A second run reuses the crosswalk: the codes do not change.
+    preprocess_emr(cohort / "emr", tmp_path / "again", key=key, mapping=mapping, crosswalk=crosswalk)
+    assert pq.read_table(tmp_path / "again/patients.parquet")["patient_pseudonym"].to_pylist() == \
+        patients["patient_pseudonym"].to_pylist()
