@@ -72,8 +72,9 @@ def _prep_cpus_free(timeout_s: float = 60.0) -> None:
 
 def test_pipeline_tasks_fill_the_preferred_prep_type_and_spill_only_when_it_is_full(ray_cluster) -> None:
     _prep_cpus_free()
-    # cpu-prep (NVMe, as the profile asks) has 2 CPUs in the local cluster, bulk-prep 2 more.
-    assert _node_types_of_tasks(2, 4) == ["cpu-prep"] * 4
+    # cpu-prep (NVMe, as the profile asks) has 2 CPUs in the local cluster, bulk-prep 2 more. One
+    # wave: a second wave can race Ray's return of the first wave's worker leases and spill a task.
+    assert _node_types_of_tasks(2, 2) == ["cpu-prep"] * 2
     _prep_cpus_free()
     spilled = _node_types_of_tasks(4, 8)
     assert "bulk-prep" in spilled and spilled.count("cpu-prep") >= spilled.count("bulk-prep")
