@@ -100,8 +100,10 @@ class BurstPlan:
         return self.before_s + self.burst_s
 
 
-# The demo's short burst: quick to lend and to give back (about 90 s with two Ray Train starts).
-DEMO_PLAN = BurstPlan(before_s=3.0, burst_s=10.0, after_s=2.0, after_max_s=75.0, downscale_delay_s=3.0,
+# The demo's short burst: quick to lend and to give back. On 2 shared cores a replica takes ~20 s
+# to start and a Ray Train run 60-90 s to start again: the burst lasts long enough for the borrowed
+# replicas to answer, and the stage waits up to 150 s after it for research to run again.
+DEMO_PLAN = BurstPlan(before_s=3.0, burst_s=20.0, after_s=2.0, after_max_s=150.0, downscale_delay_s=3.0,
                       checkpoint_every=2, policy=BrokerPolicy(calm_s=2.0))
 
 
