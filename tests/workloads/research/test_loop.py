@@ -20,3 +20,21 @@ def test_cli_sync_bn_flag(flag, value, tmp_path):
     assert args["sync_bn"] == flag
     cfg = TrainConfig(**{**args, "sync_bn": value, "cache": None})
     assert cfg.sync_bn is value
+
+
+def test_the_held_out_set_is_streamed_once_then_kept_unless_it_exceeds_the_budget():
+    import torch
+
+    from workloads.research.loop import _HeldOut
+
+    passes = []
+
+    def stream():
+        passes.append(1)
+        return iter([{"volume": torch.zeros(2, 4), "label": torch.ones(2)} for _ in range(3)])
+
+    kept = _HeldOut(stream, budget_bytes=10_000)
+    assert [len(list(kept)) for _ in range(3)] == [3, 3, 3] and len(passes) == 1
+    passes.clear()
+    too_big = _HeldOut(stream, budget_bytes=50)  # one batch is 32 + 8 bytes: the second overflows
+    assert [len(list(too_big)) for _ in range(3)] == [3, 3, 3] and len(passes) == 3
