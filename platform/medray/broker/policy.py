@@ -19,6 +19,9 @@ __all__ = ["PRIORITIES", "RUN_STATES", "priority_rank", "BrokerPolicy", "Demand"
 PRIORITIES = ("emergency", "clinical", "batch", "research")  # highest first
 # A reclaim not carried out by then (no replica asked) is dropped and may be decided again.
 RECLAIM_TIMEOUT_S = 60.0
+# After a run released GPUs, Ray takes a moment (1.4 s in the demo on 2 cores) to place the lane's
+# pending units on them: no "unmet" is said in that time.
+PLACE_AFTER_RELEASE_S = 5.0
 RUN_STATES = ("running", "yielding", "yielded", "stopping", "stopped", "finished", "failed")
 
 
@@ -171,6 +174,7 @@ class BrokerCore:
         self._calm_since: float | None = None
         self._unmet_lanes: set[str] = set()
         self._misplaced_since: dict[str, float] = {}
+        self._released_at = float("-inf")
         # lane -> [units still to step down, borrowed when asked, asked at]
         self._reclaims: dict[str, list[float]] = {}
 
@@ -244,6 +248,7 @@ class BrokerCore:
             run.state = "failed"
             self.event(now, "failed", run_id, f"raised {error}")
         elif run.state == "yielding" and run.target_workers:
+            self._released_at = now
             at = f"step {run.checkpoint_step}" if run.checkpoint_step is not None else "the start"
             reason = f"from {run.workers} to {run.target_workers} workers, resume from {at}"
             run.workers, run.target_workers = run.target_workers, None
@@ -251,6 +256,7 @@ class BrokerCore:
             self.event(now, "resized", run_id, reason)
             return [Decision("resume", run_id, reason, workers=run.workers)]
         elif run.state in ("yielding", "stopping"):
+            self._released_at = now
             run.state = "yielded" if run.state == "yielding" else "stopped"
             at = f"step {run.checkpoint_step}" if run.checkpoint_step is not None else "no checkpoint"
             self.event(now, run.state, run_id, f"GPUs released, last checkpoint {at}")
@@ -349,7 +355,8 @@ class BrokerCore:
             self.event(now, "lend", run.run_id, lent)
             decisions.append(Decision("yield", run.run_id, lent))
         # Unmet only when nothing is on its way: a run still yielding may free more than it counts for.
-        if need > 0 and not victims and not releasing and top.lane not in self._unmet_lanes:
+        just_released = now - self._released_at < PLACE_AFTER_RELEASE_S
+        if need > 0 and not (victims or releasing or just_released) and top.lane not in self._unmet_lanes:
             self._unmet_lanes.add(top.lane)
             self.event(now, "unmet", top.lane, reason + ", and no lower-priority run holds GPUs")
         return decisions

@@ -186,6 +186,19 @@ def test_a_lane_left_on_lent_nodes_while_its_own_have_room_is_asked_to_step_down
     assert [e.action for e in core.events].count("reclaim") == 1
 
 
+def test_no_unmet_while_ray_places_the_lane_on_gpus_just_released():
+    core = core_with(run("r"))
+    core.report_demand(Demand("emergency", "emergency", pending=2, queued=9, oldest_s=2.0, at=0.0))
+    assert actions(core.tick(1.0)) == [("yield", "r")]
+    core.run_ended(3.0, "r")
+    # Still pending right after the release: Ray is placing the replicas on the freed GPUs.
+    core.report_demand(Demand("emergency", "emergency", pending=2, queued=9, oldest_s=3.0, at=3.5))
+    core.tick(3.5), core.tick(7.9)
+    assert "unmet" not in [e.action for e in core.events]
+    core.tick(8.1)  # still unplaced 5 s after the release: nothing more can be lent
+    assert [e.action for e in core.events].count("unmet") == 1
+
+
 def test_a_starving_lane_is_never_asked_to_step_down():
     core = core_with(run("r"))
     core.report_demand(Demand("emergency", "emergency", pending=1, borrowed=1, room=1, queued=4,
