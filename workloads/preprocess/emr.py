@@ -37,7 +37,13 @@ from medray.data.shards import write_parquet
 from medray.errors import ConfigError, MedrayError
 from medray.logs import get_logger
 from medray.privacy.crosswalk import Crosswalk
-from medray.privacy.emr import PROFILE_RULES, EmrMapping, deidentify_table, identifier_kinds
+from medray.privacy.emr import (
+    PROFILE_RULES,
+    EmrMapping,
+    deidentify_table,
+    identifier_kinds,
+    identifier_values,
+)
 from medray.privacy.pseudonym import key_id, load_key
 from medray.scheduling.load import current_node_type
 from workloads.preprocess.runs import (
@@ -103,11 +109,20 @@ def _table_name(path: str) -> str:
     return parts[0] if len(parts) > 1 else PurePosixPath(path).stem
 
 
-def _read(path: Path) -> pa.Table:
+def _read(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """The table part at ``path``; with ``columns``, only those of them it has."""
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 
-    return pq.read_table(path) if path.suffix == ".parquet" else pa_csv.read_csv(path)
+    if path.suffix == ".parquet":
+        if columns is not None:
+            columns = [c for c in columns if c in pq.read_schema(path).names]
+        return pq.read_table(path, columns=columns)
+    if columns is not None:
+        with pa_csv.open_csv(path) as reader:  # reads the header and the first block only
+            columns = [c for c in columns if c in reader.schema.names]
+        return pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(include_columns=columns))
+    return pa_csv.read_csv(path)
 
 
 def _emr_batch(batch: pa.Table, root: str, out: str, key: bytes, mapping: EmrMapping,
@@ -144,16 +159,15 @@ def _emr_batch(batch: pa.Table, root: str, out: str, key: bytes, mapping: EmrMap
 def _fill_crosswalk(crosswalk: Crosswalk, root: Path, files: list[str], mapping: EmrMapping) -> None:
     """Codes for every identifier of every mapped table part (only those columns are read)."""
     for f in files:
-        kinds = identifier_kinds(mapping.tables[_table_name(f)])
+        table_mapping = mapping.tables[_table_name(f)]
         try:
-            table = _read(root / f)
-        except Exception as e:  # the task reports the part; its parse error could quote a row
+            table = _read(root / f, columns=list(identifier_kinds(table_mapping)))
+            values = identifier_values(table, table_mapping)
+        except Exception as e:  # the task reports the part; a parse error could quote a row
             _log.warning("%s: cannot read its identifiers (%s)", f, type(e).__name__)
             continue
-        for column, kind in kinds.items():
-            if column in table.column_names:
-                values = [str(v).strip(" \t\r\n\0") for v in table[column].to_pylist() if v is not None]
-                crosswalk.add([v for v in values if v], kind)
+        for kind, ids in values.items():
+            crosswalk.add(ids, kind)
     crosswalk.save()
 
 

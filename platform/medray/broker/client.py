@@ -73,6 +73,23 @@ def report_demand(lane: str, *, priority: str, pending: int, running: int = 0, b
                                                    oldest_s))
 
 
+class _BrokerLookup:
+    """The broker's handle for callers that ask it often: looked up at most every ``lookup_s``
+    while none runs, forgotten when a call to it fails (it may have been restarted)."""
+
+    def __init__(self, lookup_s: float = 5.0) -> None:
+        self._lookup_s, self._handle, self._looked_up = lookup_s, None, float("-inf")
+
+    def get(self) -> Any | None:
+        now = time.monotonic()
+        if self._handle is None and now - self._looked_up >= self._lookup_s:
+            self._handle, self._looked_up = get_broker(), now
+        return self._handle
+
+    def forget(self) -> None:
+        self._handle = None
+
+
 def report_queues(queues: Mapping[str, InFlight], *, source: str, interval_s: float = 0.5,
                   lookup_s: float = 5.0) -> asyncio.Task[None]:
     """Start the task (in a front door's event loop) that every ``interval_s`` tells the running
@@ -80,19 +97,18 @@ def report_queues(queues: Mapping[str, InFlight], *, source: str, interval_s: fl
 
     Never waits on the broker; without one it looks again every ``lookup_s``. Keep the task referenced.
     """
-    state: dict[str, Any] = {"broker": None, "looked_up": float("-inf")}
+    lookup = _BrokerLookup(lookup_s)
 
     def report() -> None:
-        now = time.monotonic()
-        if state["broker"] is None and now - state["looked_up"] >= lookup_s:
-            state["broker"], state["looked_up"] = get_broker(), now
-        if state["broker"] is None:
+        broker = lookup.get()
+        if broker is None:
             return
+        now = time.monotonic()
         try:
             for lane, inflight in queues.items():
-                state["broker"].report_queue.remote(lane, source, *inflight.snapshot(now))
+                broker.report_queue.remote(lane, source, *inflight.snapshot(now))
         except ray.exceptions.RayError:
-            state["broker"] = None  # gone: look it up again
+            lookup.forget()  # gone: look it up again
 
     return keep_running(None, report, interval_s, log=_log, what="lane queue report")
 
@@ -114,21 +130,18 @@ async def asked_to_step_down(lane: str, *, timeout_s: float = 2.0) -> bool:
     lent node and the lane's own nodes have room for it. False without a broker, or when it does
     not answer within ``timeout_s``. Call it from a Serve replica's ``check_health``: raising there
     makes Serve stop the replica gracefully and place a new one (on the lane's own nodes)."""
-    now = time.monotonic()
-    if _step_down_broker["handle"] is None and now - _step_down_broker["looked_up"] >= 5.0:
-        _step_down_broker.update(handle=get_broker(), looked_up=now)
-    broker = _step_down_broker["handle"]
+    broker = _step_down_lookup.get()
     if broker is None:
         return False
     node_id = ray.get_runtime_context().get_node_id()
     try:
         return bool(await asyncio.wait_for(broker.step_down.remote(lane, node_id), timeout_s))
     except (asyncio.TimeoutError, ray.exceptions.RayError):
-        _step_down_broker["handle"] = None  # gone or stuck: look it up again
+        _step_down_lookup.forget()  # gone or stuck: look it up again
         return False
 
 
-_step_down_broker: dict[str, Any] = {"handle": None, "looked_up": float("-inf")}
+_step_down_lookup = _BrokerLookup()
 
 
 def unwatch_serve(lane: str) -> None:

@@ -70,6 +70,7 @@ __all__ = [
     "age_group",
     "deidentify_table",
     "identifier_kinds",
+    "identifier_values",
 ]
 
 MAX_AGE_YEARS = 89
@@ -340,28 +341,44 @@ def identifier_kinds(mapping: TableMapping) -> dict[str, str]:
             **{c: c for c, role in mapping.columns.items() if role == "pseudonym"}}
 
 
-def deidentify_table(table: pa.Table, mapping: TableMapping, key: bytes, *,
-                     age_reference_date: date, profile: str = "longitudinal",
-                     crosswalk: Crosswalk | None = None) -> TableResult:
-    """De-identify one table by its column roles under ``profile`` (see the module docstring).
-
-    ``safe_harbor`` takes its record codes from ``crosswalk``, which must hold every identifier of
-    the table (:meth:`Crosswalk.add` with :func:`identifier_kinds`).
-    """
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}: use one of {list(PROFILES)}")
-    if profile == "safe_harbor" and crosswalk is None:
-        raise ConfigError("the safe_harbor profile takes its record codes from a crosswalk file kept with the "
-                          "key: pass one (--crosswalk FILE)")
+def _with_patient_id(table: pa.Table, mapping: TableMapping) -> tuple[pa.Table, pa.ChunkedArray]:
+    """(the rows that have an MRN, their MRNs trimmed)."""
     if mapping.patient_id not in table.column_names:
         raise ConfigError(
             f"the table has no patient_id column {mapping.patient_id!r}: fix the mapping"
         )
     mrn = pc.utf8_trim(pc.cast(table[mapping.patient_id], pa.string()), " \t\r\n\0")
     has_id = pc.fill_null(pc.greater(pc.utf8_length(mrn), 0), False)
-    rows_in = table.num_rows
     if not pc.all(has_id).as_py():
         table, mrn = table.filter(has_id), pc.filter(mrn, has_id)
+    return table, mrn
+
+
+def identifier_values(table: pa.Table, mapping: TableMapping) -> dict[str, list[str]]:
+    """Kind -> the distinct identifiers of ``table`` that get codes, read as :func:`deidentify_table`
+    reads them (what a :class:`Crosswalk` must hold before it runs under ``safe_harbor``)."""
+    table, mrn = _with_patient_id(table, mapping)
+    values = {"patient": mrn}
+    values.update({kind: table[column] for column, kind in identifier_kinds(mapping).items()
+                   if kind != "patient" and column in table.column_names})
+    return {kind: pc.unique(pc.cast(v, pa.string())).drop_null().to_pylist() for kind, v in values.items()}
+
+
+def deidentify_table(table: pa.Table, mapping: TableMapping, key: bytes, *,
+                     age_reference_date: date, profile: str = "longitudinal",
+                     crosswalk: Crosswalk | None = None) -> TableResult:
+    """De-identify one table by its column roles under ``profile`` (see the module docstring).
+
+    ``safe_harbor`` takes its record codes from ``crosswalk``, which must hold every identifier of
+    the table (:meth:`Crosswalk.add` each of :func:`identifier_values`).
+    """
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}: use one of {list(PROFILES)}")
+    if profile == "safe_harbor" and crosswalk is None:
+        raise ConfigError("the safe_harbor profile takes its record codes from a crosswalk file kept with the "
+                          "key: pass one (--crosswalk FILE)")
+    rows_in = table.num_rows
+    table, mrn = _with_patient_id(table, mapping)
 
     def codes(values: pa.ChunkedArray, kind: str) -> pa.Array:
         if crosswalk is not None and profile == "safe_harbor":

@@ -163,11 +163,18 @@ def test_lent_gpus_return_only_when_nothing_is_pending_or_borrowed_for_the_calm_
     assert "resume from step 40" in ret.reason
 
 
-def test_a_lane_left_on_lent_nodes_while_its_own_have_room_is_asked_to_step_down():
+def yielded_to_a_burst(released_at):
+    """A core whose research run "r" was asked to yield to an emergency burst at 1 s and released its
+    GPUs at ``released_at``."""
     core = core_with(run("r"))
     core.report_demand(Demand("emergency", "emergency", pending=2, queued=4, oldest_s=2.0, at=0.0))
     assert actions(core.tick(1.0)) == [("yield", "r")]
-    core.run_ended(2.0, "r")
+    core.run_ended(released_at, "r")
+    return core
+
+
+def test_a_lane_left_on_lent_nodes_while_its_own_have_room_is_asked_to_step_down():
+    core = yielded_to_a_burst(released_at=2.0)
     # Bursting: on the lent nodes with no room at home, nothing to reclaim.
     core.report_demand(Demand("emergency", "emergency", pending=0, running=4, borrowed=2, at=3.0))
     assert core.tick(3.0) == [] and core.tick(9.0) == [] and not core.step_down("emergency")
@@ -187,10 +194,7 @@ def test_a_lane_left_on_lent_nodes_while_its_own_have_room_is_asked_to_step_down
 
 
 def test_no_unmet_while_ray_places_the_lane_on_gpus_just_released():
-    core = core_with(run("r"))
-    core.report_demand(Demand("emergency", "emergency", pending=2, queued=9, oldest_s=2.0, at=0.0))
-    assert actions(core.tick(1.0)) == [("yield", "r")]
-    core.run_ended(3.0, "r")
+    core = yielded_to_a_burst(released_at=3.0)
     # Still pending right after the release: Ray is placing the replicas on the freed GPUs.
     core.report_demand(Demand("emergency", "emergency", pending=2, queued=9, oldest_s=3.0, at=3.5))
     core.tick(3.5), core.tick(7.9)

@@ -22,7 +22,7 @@ from medray.privacy.emr import (
     TableMapping,
     age_group,
     deidentify_table,
-    identifier_kinds,
+    identifier_values,
 )
 from medray.privacy.pseudonym import date_shift_days, pseudonym
 
@@ -214,8 +214,8 @@ def safe(emr, tmp_path):
     """Every table under safe_harbor, with one crosswalk filled from all of them first (as the pipeline does)."""
     walk = Crosswalk(tmp_path / "crosswalk.json", KEY)
     for name, table in emr.items():
-        for column, kind in identifier_kinds(SAFE.tables[name]).items():
-            walk.add([str(v) for v in table[column].to_pylist() if v is not None and str(v).strip()], kind)
+        for kind, ids in identifier_values(table, SAFE.tables[name]).items():
+            walk.add(ids, kind)
     walk.save()
     return {name: deidentify_table(table, SAFE.tables[name], KEY, age_reference_date=REFERENCE,
                                    profile="safe_harbor", crosswalk=walk).table
@@ -274,3 +274,18 @@ def test_safe_harbor_handles_the_identifiers_like_the_longitudinal_profile_other
     with pytest.raises(ConfigError, match="crosswalk"):
         deidentify_table(emr["patients"], SAFE.tables["patients"], KEY, age_reference_date=REFERENCE,
                          profile="safe_harbor")
+
+
+def test_safe_harbor_codes_cover_padded_and_odd_identifiers_as_the_table_is_read(tmp_path):
+    mapping = TableMapping(patient_id="mrn", columns={"encounter_id": "pseudonym", "seen": "date"})
+    table = pa.table({"mrn": [" MRN-1 ", "MRN-1", None, "  "], "encounter_id": [" e1", "e2", "e3", None],
+                      "seen": [date(2020, 5, 1)] * 4})
+    walk = Crosswalk(tmp_path / "crosswalk.json", KEY)
+    for kind, ids in identifier_values(table, mapping).items():
+        walk.add(ids, kind)
+    out = deidentify_table(table, mapping, KEY, age_reference_date=REFERENCE, profile="safe_harbor",
+                           crosswalk=walk)
+    assert out.rows_without_patient_id == 2 and out.table.num_rows == 2
+    first, second = out.table[PATIENT_PSEUDONYM].to_pylist()
+    assert first == second  # the padded MRN is the same patient
+    assert len(set(out.table["encounter_id"].to_pylist())) == 2 and out.table["seen"].to_pylist() == [2020, 2020]
