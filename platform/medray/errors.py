@@ -35,3 +35,7 @@ class DicomError(MedrayError):
 
 class BackendError(MedrayError):
     """A model cannot run on the requested inference backend (runtime missing, accuracy check not passed)."""
+
+
+class ParameterServerError(MedrayError):
+    """A parameter-server shard cannot serve a request (restarted and not restored, bad arguments)."""
