@@ -8,12 +8,14 @@ Hounsfield units only when asked for (all of them, or only those a model's input
 Every rejection is a :class:`~medray.errors.DicomError` whose ``reason`` is one of :data:`REASONS`
 (also used in quarantine records) and whose message never quotes a value from the file.
 Only single-frame, monochrome instances (CT Image Storage) are supported; multi-frame (Enhanced CT)
-instances are rejected as ``unsupported_modality``.
+instances are rejected as ``unsupported_modality``. Uncompressed little-endian pixel data is viewed
+in place; compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000, HTJ2K, RLE) are decoded by the
+decoders :mod:`medray.dicom.codecs` names, and refused as ``unsupported_transfer_syntax`` (with the
+package to install) where none is installed.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import re
 from collections.abc import Collection, Sequence
@@ -25,9 +27,9 @@ import numpy as np
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from medray.dicom.codecs import decodable, decode_frame, unsupported_message
 from medray.dicom.part10 import get_value, parse_part10, pixel_data, pixel_data_length, read_part10
 from medray.dicom.quiet import silenced_warnings
 from medray.errors import DicomError
@@ -164,15 +166,6 @@ def _read_with_pydicom(data: bytes) -> Dataset:
     return ds
 
 
-@functools.lru_cache(maxsize=64)  # bounded: the syntax comes from the file, any string at all
-def _decodable(syntax: UID) -> bool:
-    """Whether the installed packages can decode pixel data of this transfer syntax (asked once)."""
-    try:
-        return get_decoder(syntax).is_available
-    except NotImplementedError:  # no decoder exists for this syntax at all
-        return False
-
-
 def read_instance(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
     """Parse one DICOM Part 10 file (bytes or a path) and check that its pixel data can be used.
 
@@ -215,13 +208,8 @@ def read_instance(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_P
         )
 
     syntax = UID(str(get_value(ds.file_meta, "TransferSyntaxUID", "")))
-    if not _decodable(syntax):
-        name = syntax.name if syntax.is_transfer_syntax else "an unknown or missing transfer syntax"
-        raise DicomError(
-            "unsupported_transfer_syntax",
-            f"pixel data encoded as {name} cannot be decoded with the installed packages: transcode "
-            "it to Explicit VR Little Endian or install a decoder (pylibjpeg plugins or gdcm)",
-        )
+    if not decodable(syntax):
+        raise DicomError("unsupported_transfer_syntax", unsupported_message(syntax))
     if not syntax.is_encapsulated:
         expected = (rows * columns * frames * samples * bits + 7) // 8
         held = pixel_data_length(ds)
@@ -359,8 +347,7 @@ def _decode(ds: Dataset, rows: int, columns: int, buffer: bytearray | None = Non
             ) from None
         return np.frombuffer(pixels, dtype=dtype, count=rows * columns).reshape(rows, columns)
     try:
-        # The decoder's as_array does not cache the array on the dataset, unlike ds.pixel_array.
-        stored, _ = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds)
+        stored = decode_frame(ds)
     except Exception:
         # Broad on purpose: a damaged codestream makes codecs raise arbitrary errors.
         raise DicomError(
