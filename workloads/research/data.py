@@ -4,31 +4,24 @@ Inputs are the preprocessing workload's outputs, read only through their documen
 
 * ``DATA``: a volume shard directory (:mod:`medray.data.shards`: ``DATA/volumes/*.parquet``, one row per
   series, ``patient_pseudonym`` + ``volume`` already normalised to the shards' InputSpec);
-* ``LABELS``: the de-identified diagnoses table (Parquet or CSV file, or a folder of Parquet parts)
-  with ``patient_pseudonym`` and ``icd10_code``. A patient's label is 1 iff any of their rows has
-  the code (default ``R91.1``, solitary pulmonary nodule).
-
-Patients, never series, are split: all series of a patient fall on one side. The split is
-stratified by label and keyed by ``seed`` (a patient's side depends only on its pseudonym, the seed
-and the split sizes), so it is the same on every run and every worker.
+* ``LABELS``: the de-identified diagnoses table, read and split by patient with
+  :mod:`medray.data.labels` (shared with the federated workload).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
+from medray.data.labels import ICD10_COLUMN, NODULE_CODE, read_positive_patients, split_patients
+from medray.data.resident import LABEL, ResidentSet, epoch_permutation
 from medray.data.shards import PATIENT_PSEUDONYM, VOLUME, check_schema, read_volumes, shard_files
 from medray.errors import ConfigError
 from medray.imaging.normalize import InputSpec
@@ -54,9 +47,6 @@ __all__ = [
     "resident_budget",
 ]
 
-NODULE_CODE = "R91.1"
-ICD10_COLUMN = "icd10_code"
-LABEL = "label"
 # Reading and labelling shards is CPU work next to training: the platform's placement decides
 # where (CPU-only node types first, then the training nodes' spare CPUs).
 LOADER_PROFILE = WorkloadProfile(roles=("prep", "train"), num_cpus=1.0)
@@ -89,59 +79,6 @@ class Cohort:
             "train_positive": len(self.train_patients & self.positives),
             "val_positive": len(self.val_patients & self.positives),
         }
-
-
-def _read_table(path: Path, columns: list[str]) -> pa.Table:
-    if path.is_dir():
-        return pads.dataset(path, format="parquet").to_table(columns=columns)
-    if path.suffix.lower() == ".csv":
-        options = pa_csv.ConvertOptions(include_columns=columns,
-                                        column_types={c: pa.string() for c in columns})
-        return pa_csv.read_csv(path, convert_options=options)
-    return pq.read_table(path, columns=columns)
-
-
-def read_positive_patients(labels: str | Path, code: str = NODULE_CODE) -> frozenset[str]:
-    """Pseudonyms of the patients with a diagnosis row of ``code`` in the diagnoses table."""
-    path = Path(labels)
-    if not path.exists():
-        raise ConfigError(f"labels {path} do not exist: pass the de-identified diagnoses table "
-                          "(e.g. PREP/emr/diagnoses.parquet from workloads.preprocess.emr)")
-    try:
-        table = _read_table(path, [PATIENT_PSEUDONYM, ICD10_COLUMN])
-    except (pa.ArrowInvalid, KeyError) as e:
-        raise ConfigError(f"labels {path} cannot be read as a diagnoses table with columns "
-                          f"{PATIENT_PSEUDONYM!r} and {ICD10_COLUMN!r} ({type(e).__name__})") from None
-    codes = pc.utf8_trim_whitespace(table[ICD10_COLUMN].cast(pa.string()))
-    hits = table.filter(pc.fill_null(pc.equal(codes, code), False))[PATIENT_PSEUDONYM]
-    return frozenset(p for p in hits.to_pylist() if p)
-
-
-def _rank(seed: int, patient: str) -> bytes:
-    return hashlib.sha256(f"{seed}:{patient}".encode()).digest()
-
-
-def split_patients(
-    patients: Iterable[str], positives: frozenset[str], *, val_fraction: float, seed: int
-) -> tuple[frozenset[str], frozenset[str]]:
-    """(train, val) pseudonyms: ``round(val_fraction * n)`` of each class goes to val.
-
-    Each class keeps at least one patient on each side when it has two or more, so that the
-    held-out AUC is defined.
-    """
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be within (0, 1), got {val_fraction!r}")
-    unique = set(patients)
-    train: set[str] = set()
-    val: set[str] = set()
-    for group in (sorted(unique & positives), sorted(unique - positives)):
-        ordered = sorted(group, key=lambda p: _rank(seed, p))
-        n_val = round(val_fraction * len(ordered))
-        if len(ordered) >= 2:
-            n_val = min(max(n_val, 1), len(ordered) - 1)
-        val.update(ordered[:n_val])
-        train.update(ordered[n_val:])
-    return frozenset(train), frozenset(val)
 
 
 def load_cohort(
@@ -204,44 +141,6 @@ def build_datasets(cohort: Cohort, *, cache: bool | None = None) -> dict[str, ra
     # A new block order every epoch; the workers' local shuffle buffers mix within blocks.
     out["train"] = out["train"].randomize_block_order()
     return out
-
-
-def epoch_permutation(n: int, *, seed: int, epoch: int, rank: int = 0) -> torch.Tensor:
-    """The order of a resident set's ``n`` rows in ``epoch`` on ``rank``: a function of these alone,
-    so a run resumed mid-epoch draws the same order again and can skip the batches already taken."""
-    key = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, dtype=np.uint64)[0])
-    return torch.randperm(n, generator=torch.Generator().manual_seed(key >> 1))
-
-
-@dataclass(frozen=True)
-class ResidentSet:
-    """A worker's training rows held in one tensor on its device: epochs are permuted slices of it,
-    with no input pipeline between batches (``volume`` may be stored as float16; batches are float32)."""
-
-    volume: torch.Tensor  # (N, D, H, W)
-    label: torch.Tensor  # (N,) float32
-
-    def __len__(self) -> int:
-        return int(self.label.shape[0])
-
-    def head(self, rows: int) -> ResidentSet:
-        """The first ``rows`` rows (DDP ranks train on equally many)."""
-        return ResidentSet(self.volume[:rows], self.label[:rows])
-
-    def steps(self, batch_size: int, *, drop_last: bool = True) -> int:
-        """Batches per epoch."""
-        return len(self) // batch_size if drop_last else -(-len(self) // batch_size)
-
-    def batches(self, batch_size: int, *, seed: int, epoch: int, rank: int = 0, drop_last: bool = True,
-                skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """``{VOLUME, LABEL}`` batches of ``epoch``'s permutation, from batch ``skip`` on."""
-        if batch_size < 1 or skip < 0:
-            raise ConfigError(f"batch_size must be >= 1 and skip >= 0, got {batch_size} and {skip}")
-        order = epoch_permutation(len(self), seed=seed, epoch=epoch, rank=rank).to(self.label.device)
-        stop = self.steps(batch_size, drop_last=drop_last) * batch_size
-        for start in range(skip * batch_size, stop, batch_size):
-            rows = order[start:start + batch_size]
-            yield {VOLUME: self.volume.index_select(0, rows).float(), LABEL: self.label.index_select(0, rows)}
 
 
 def resident_budget(device: torch.device) -> int:
