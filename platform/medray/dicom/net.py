@@ -24,11 +24,12 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from medray.dicom.codecs import CODECS, decodable
 from medray.dicom.quiet import quiet_pydicom, silenced_warnings
 from medray.errors import DicomError, MedrayError
 from medray.logs import get_logger
 
-__all__ = ["STATUS", "Received", "StoreRefused", "StoreSCP", "SeriesCollector", "store_instances"]
+__all__ = ["STATUS", "Received", "accepted_syntaxes", "StoreRefused", "StoreSCP", "SeriesCollector", "store_instances"]
 
 log = get_logger("dicom.net")
 
@@ -87,6 +88,11 @@ def _header(data: bytes, sop_class: UID) -> Dataset:
     return header
 
 
+def accepted_syntaxes() -> list[str]:
+    """The transfer syntaxes whose pixel data medray decodes in this process (uncompressed first)."""
+    return [syntax for syntax in CODECS if decodable(syntax)]
+
+
 class StoreSCP:
     """A C-STORE/C-ECHO receiver for the AE titles ``ae_titles`` on ``host:port`` (0: a free port).
 
@@ -94,13 +100,14 @@ class StoreSCP:
     :class:`StoreRefused` (its status is answered) or DicomError (``not_dicom``/``truncated`` ->
     0xC000, any other reason -> 0xA900); any other exception answers 0x0110 and is logged by
     class name only. ``sop_classes``: the storage SOP classes accepted (default: every storage
-    class pynetdicom knows), in Explicit and Implicit VR Little Endian (the uncompressed transfer
-    syntaxes every SCP must accept, PS3.5 §10.1).
+    class pynetdicom knows). ``transfer_syntaxes`` (default: every one medray decodes here,
+    :func:`medray.dicom.codecs.decodable`; Implicit VR Little Endian always, PS3.5 §10.1): a sender
+    whose syntax is not among them must transcode, as the negotiation tells it.
     """
 
     def __init__(self, ae_titles: Collection[str], on_instance: Callable[[Received], None], *,
                  host: str = "127.0.0.1", port: int = 0, sop_classes: Collection[str] | None = None,
-                 max_associations: int = 16) -> None:
+                 transfer_syntaxes: Sequence[str] | None = None, max_associations: int = 16) -> None:
         from pynetdicom import AE, StoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
@@ -109,10 +116,12 @@ class StoreSCP:
         quiet_pydicom()
         self.ae_titles = frozenset(ae_titles)
         self._on_instance = on_instance
-        syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        syntaxes = list(transfer_syntaxes) if transfer_syntaxes is not None else accepted_syntaxes()
+        if ImplicitVRLittleEndian not in syntaxes:
+            syntaxes.append(ImplicitVRLittleEndian)
         self._ae = AE(ae_title=sorted(self.ae_titles)[0])
         self._ae.maximum_associations = max_associations
-        self._ae.add_supported_context(Verification, syntaxes)
+        self._ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         classes = sop_classes if sop_classes is not None else [c.abstract_syntax for c in StoragePresentationContexts]
         for sop_class in classes:
             self._ae.add_supported_context(sop_class, syntaxes)
@@ -218,6 +227,11 @@ class SeriesCollector:
         self._thread.join(timeout=5)
 
 
+def _syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)) if meta is not None else ExplicitVRLittleEndian
+
+
 def store_instances(datasets: Sequence[Dataset], *, host: str, port: int, called_aet: str,
                     calling_aet: str = "MEDRAY", timeout_s: float = 30.0) -> list[int]:
     """C-STORE ``datasets`` to ``called_aet`` at ``host:port`` in one association; their statuses in order.
@@ -228,8 +242,11 @@ def store_instances(datasets: Sequence[Dataset], *, host: str, port: int, called
 
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
-    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
-        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    # One context per (SOP class, the dataset's own transfer syntax): compressed data is sent as
+    # encoded, never transcoded; uncompressed data may go as Implicit VR where the peer prefers it.
+    for sop_class, syntax in sorted({(str(ds.SOPClassUID), _syntax(ds)) for ds in datasets}):
+        also = [ImplicitVRLittleEndian] if syntax == ExplicitVRLittleEndian else []
+        ae.add_requested_context(sop_class, [syntax, *also])
     assoc = ae.associate(host, port, ae_title=called_aet)
     if not assoc.is_established:
         raise DicomError("association_failed", f"{called_aet} at {host}:{port} refused or did not answer the association")
