@@ -15,7 +15,8 @@ Layout written under ``out_dir`` (file and folder names are indexes only, never 
 The same seed and arguments give byte-identical files; nothing is taken from the wall clock.
 The parts: :mod:`~medray.data.anatomy` (the phantom and its HU volume), :mod:`~medray.data.people`
 (the fake patients), :mod:`~medray.data.dicom_writer` (the series) and
-:mod:`~medray.data.emr_tables` (the EMR).
+:mod:`~medray.data.emr_tables` (the EMR) with :mod:`~medray.data.emr_codes` (diagnosis-code
+histories that predict an outcome, I50.9).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import pyarrow.parquet as pq
 
 from medray.data.anatomy import MIN_BODY_SCALE, NODULE_RADIUS_MM, Anatomy, Geometry, max_nodule_radius, render
 from medray.data.dicom_writer import write_series
+from medray.data.emr_codes import add_code_histories
 from medray.data.emr_tables import EmrTables, draw_emr, write_emr
 from medray.data.people import Patient, draw_patients
 from medray.errors import ConfigError
@@ -87,7 +89,7 @@ def generate_cohort(out_dir: str | Path, *, patients: int, seed: int = 0, rows: 
     _prepare_out_dir(out)
 
     # Independent streams, so that e.g. changing the EMR draws never changes an image.
-    people_seq, emr_seq, image_seq = np.random.SeedSequence(seed).spawn(3)
+    people_seq, emr_seq, image_seq, codes_seq = np.random.SeedSequence(seed).spawn(4)
     cohort = draw_patients(np.random.default_rng(people_seq), patients, geom, nodule_fraction)
     uid_context = json.dumps({"seed": seed, "rows": rows, "slices": slices,
                               "spacing": geom.spacing_mm, "thickness": geom.thickness_mm,
@@ -102,6 +104,7 @@ def generate_cohort(out_dir: str | Path, *, patients: int, seed: int = 0, rows: 
             series_uids = list(pool.map(_write_patient, *zip(*jobs), chunksize=max(1, patients // (4 * workers))))
 
     emr = draw_emr(np.random.default_rng(emr_seq), cohort)
+    emr = add_code_histories(emr, np.random.default_rng(codes_seq), cohort)  # the outcome's signal
     write_emr(out / "emr", cohort, emr)
     _write_ground_truth(out / "ground_truth.parquet", cohort, series_uids)
     summary = CohortSummary(out_dir=out, patients=patients,
