@@ -1,24 +1,50 @@
-"""DICOM de-identification: PS3.15 Annex E Basic Application Level Confidentiality Profile.
+"""DICOM de-identification: PS3.15 Annex E Basic Application Level Confidentiality Profile and its options.
 
-The attribute table (which action applies to which tag) is the one maintained by the
-``dicom-anonymizer`` package (``dicomfields_2026c``, from PS3.15 Table E.1-1). It is compiled once
-per option set into a ``{tag: action}`` dict, so that de-identifying an instance is one dict lookup
-per element it actually holds, never a loop over the ~650 rules, and raw (undecoded) elements that
-are kept or removed are never converted. The table is loaded at import: a dicom-anonymizer without
-it raises ImportError naming the supported versions. Options:
+The Basic Profile's actions (which action applies to which tag) are those of the table maintained
+by the ``dicom-anonymizer`` package (``dicomfields_2026c``, from PS3.15 Table E.1-1). The option
+columns of the same table, which dicom-anonymizer does not ship, come from ``table_e1_1.json``
+beside this module (Table E.1-1 as extracted from the standard by innolitics/dicom-standard; the
+file records its source; its Basic Profile column agrees with dicom-anonymizer's on every
+attribute both list, which a test checks). Both are compiled once per option set into a
+``{tag: action}`` dict, so that de-identifying an instance is one dict lookup per element it
+actually holds, never a loop over the ~650 rules, and raw (undecoded) elements that are kept or
+removed are never converted. The table is loaded at import: a dicom-anonymizer without it raises
+ImportError naming the supported versions.
 
-* **Retain Longitudinal Temporal Information with Modified Dates** (``retain_dates``): every date
-  (DA) and date-time (DT) the table would clean is shifted by ``date_shift_days(key, mrn)`` days,
-  the offset the EMR pipeline uses; times are kept. Otherwise dates are emptied or replaced.
-  Patient's Birth Date is always emptied.
+Options (:class:`DeidOptions`, PS3.15 E.3): each changes exactly the attributes its column of
+Table E.1-1 names, K meaning kept and C cleaned; where two options chosen name one attribute, K
+wins. Attributes newer than the options table (34 of dicom-anonymizer's 2026c edition) get the
+Basic Profile's action under every option.
+
+* **Retain Safe Private** (``retain_safe_private``): the private attributes listed in
+  ``safe_private`` as (private creator, group, element byte) are kept, with their creator; the
+  site vouches for that list (PS3.15 E.3.10 and Table E.3.10-1 give examples). Every other
+  private attribute is removed, as always.
+* **Retain UIDs** (``retain_uids``), **Retain Device Identity** (``retain_device_identity``),
+  **Retain Institution Identity** (``retain_institution_identity``): their K attributes kept;
+  the device option's C attributes (AE titles) become a keyed pseudonym of their value.
 * **Retain Patient Characteristics** (``retain_patient_characteristics``): sex, age, size,
-  weight, ethnic group, smoking and pregnancy status are kept; ages over 89 become ``090Y``
-  (HIPAA Safe Harbor's "90 or older").
+  weight, ethnic group, smoking and pregnancy status kept, ages over 89 as ``090Y`` (HIPAA Safe
+  Harbor's "90 or older"); its C attributes (allergies, pre-medication, ...) cleaned as text.
+* **Retain Longitudinal Temporal Information**: with full dates (``retain_full_dates``) every
+  date and time of the column is kept; with modified dates (``retain_dates``) every date (DA) and
+  date-time (DT) of the column is shifted by ``date_shift_days(key, mrn)`` days, the offset the
+  EMR pipeline uses, and times are kept. Patient's Birth Date is in neither column: emptied.
+* **Clean Descriptors** (``clean_descriptors``), **Clean Structured Content**
+  (``clean_structured_content``), **Clean Graphics** (``clean_graphics``): C on text keeps the
+  value less every word of the instance's identifying values (the names, IDs and other text the
+  profile removes or replaces) and every date, long number, phone number, e-mail and URL; C on a
+  sequence keeps it and cleans its items with the same rules. C on a binary value (overlay and
+  curve data, maker notes, certified timestamps: their content cannot be checked here) falls back
+  to the Basic Profile's action (removed or dummy).
+
+Clean Pixel Data and Clean Recognizable Visual Features are not offered: nothing here reads pixels.
 
 Always: UIDs are replaced by ``pseudo_uid(key, uid)`` (consistent across instances, series and
-runs), PatientID by ``pseudonym(key, mrn, kind="patient")``, private elements are removed,
-PatientIdentityRemoved is YES and DeidentificationMethod / DeidentificationMethodCodeSequence
-(CID 7050) name the profile and options. Composite actions resolve like dicom-anonymizer's
+runs), PatientID by ``pseudonym(key, mrn, kind="patient")``; D gives a non-empty dummy valid for
+the element's VR, binary VRs included; PatientIdentityRemoved is YES, and DeidentificationMethod
+and DeidentificationMethodCodeSequence (CID 7050, the codes of pydicom's DCM code dictionary:
+113100 and one per option) say what was done. Composite actions resolve like dicom-anonymizer's
 (X/Z, X/D, X/Z/D, Z/D keep the element with an empty or dummy value; X/Z/U* remaps UIDs).
 
 :func:`check_deidentifiable` runs the refusal checks alone (cheap: pipelines run it on every
@@ -31,11 +57,12 @@ says NO), ``missing_patient_id`` (no PatientID to pseudonymise and shift dates b
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from functools import lru_cache
-from importlib import metadata
+from importlib import metadata, resources
 from typing import Any
 
 from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
@@ -45,49 +72,119 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
 
 from medray.dicom.quiet import silenced_warnings
 from medray.dicom.values import parse_age, parse_date
-from medray.errors import DicomError
+from medray.errors import ConfigError, DicomError
 from medray.privacy.emr import MAX_AGE_YEARS
 from medray.privacy.pseudonym import date_shift_days, pseudo_uid, pseudonym
 
 __all__ = [
     "TABLE_VERSION",
+    "OPTIONS_TABLE",
     "DEID_REASONS",
     "PROFILE_CODES",
     "DeidOptions",
+    "applied_codes",
     "check_deidentifiable",
     "deidentify",
     "method_description",
+    "options_table",
 ]
 
 # The dicom-anonymizer table compiled here (its newest edition of PS3.15 Table E.1-1), a module of
 # that package named by its edition: the versions that ship it are those pyproject.toml allows.
 TABLE_VERSION = "dicomfields_2026c"
 _SUPPORTED_ANONYMIZER = "dicom-anonymizer>=2.1,<2.2"
+# PS3.15 Table E.1-1 with its option columns (package data beside this module).
+OPTIONS_TABLE = "table_e1_1.json"
 
 # Reason codes added to medray.dicom.volume.REASONS by de-identification.
 DEID_REASONS: tuple[str, ...] = ("cannot_deidentify", "missing_patient_id", "deid_failed")
 
+# Each option: (its column in OPTIONS_TABLE, its CID 7050 code in pydicom's DCM dictionary, the
+# short name DeidentificationMethod gives it), in the order of Table E.1-1's columns.
+_OPTIONS: dict[str, tuple[str, str, str]] = {
+    "retain_safe_private": ("rtnSafePrivOpt", "RetainSafePrivateOption", "safe private"),
+    "retain_uids": ("rtnUIDsOpt", "RetainUidsOption", "UIDs"),
+    "retain_device_identity": ("rtnDevIdOpt", "RetainDeviceIdentityOption", "device"),
+    "retain_institution_identity": ("rtnInstIdOpt", "RetainInstitutionIdentityOption", "institution"),
+    "retain_patient_characteristics": ("rtnPatCharsOpt", "RetainPatientCharacteristicsOption",
+                                       "patient chars"),
+    "retain_full_dates": ("rtnLongFullDatesOpt", "RetainLongitudinalTemporalInformationFullDatesOption",
+                          "full dates"),
+    "retain_dates": ("rtnLongModifDatesOpt", "RetainLongitudinalTemporalInformationModifiedDatesOption",
+                     "modified dates"),
+    "clean_descriptors": ("cleanDescOpt", "CleanDescriptorsOption", "clean desc"),
+    "clean_structured_content": ("cleanStructContOpt", "CleanStructuredContentOption", "clean SC"),
+    "clean_graphics": ("cleanGraphOpt", "CleanGraphicsOption", "clean graphics"),
+}
+
+
+def _cid_7050(keyword: str) -> tuple[str, str]:
+    code = getattr(codes.DCM, keyword)
+    return code.value, code.meaning
+
+
 # CID 7050 "De-identification Method": (code value, code meaning), coding scheme DCM.
 PROFILE_CODES: dict[str, tuple[str, str]] = {
-    "basic": ("113100", "Basic Application Confidentiality Profile"),
-    "retain_dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
-    "retain_patient_characteristics": ("113108", "Retain Patient Characteristics Option"),
+    "basic": _cid_7050("BasicApplicationConfidentialityProfile"),
+    **{name: _cid_7050(keyword) for name, (_, keyword, _) in _OPTIONS.items()},
 }
 
 
 @dataclass(frozen=True)
 class DeidOptions:
-    """Which PS3.15 options apply on top of the Basic Profile."""
+    """Which PS3.15 options apply on top of the Basic Profile (see the module docstring).
+
+    ``safe_private``: with ``retain_safe_private``, the private attributes to keep, as (private
+    creator, odd group, element byte) such as ``("GEMS_PARM_01", 0x0043, 0x27)``.
+    """
 
     retain_dates: bool = False
     retain_patient_characteristics: bool = False
+    retain_full_dates: bool = False
+    retain_uids: bool = False
+    retain_device_identity: bool = False
+    retain_institution_identity: bool = False
+    clean_descriptors: bool = False
+    clean_structured_content: bool = False
+    clean_graphics: bool = False
+    retain_safe_private: bool = False
+    safe_private: frozenset[tuple[str, int, int]] = field(default=frozenset())
+
+    def __post_init__(self) -> None:
+        if self.retain_dates and self.retain_full_dates:
+            raise ConfigError("retain_dates (modified dates) and retain_full_dates exclude each other: "
+                              "choose one Retain Longitudinal Temporal Information option")
+        for entry in self.safe_private:
+            if not (isinstance(entry, tuple) and len(entry) == 3 and isinstance(entry[0], str)
+                    and isinstance(entry[1], int) and entry[1] & 1 and isinstance(entry[2], int)
+                    and 0 <= entry[2] <= 0xFF):
+                raise ConfigError("safe_private entries are (private creator, odd group, element "
+                                  "byte 0x00-0xFF), e.g. ('GEMS_PARM_01', 0x0043, 0x27)")
+        if self.safe_private and not self.retain_safe_private:
+            raise ConfigError("safe_private is used only with retain_safe_private=True: set it")
+
+    def chosen(self) -> list[str]:
+        """The options chosen, in the order of Table E.1-1's columns."""
+        return [name for name in _OPTIONS if getattr(self, name)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option (the manifest's record); ``safe_private`` as sorted lists."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["safe_private"] = sorted([list(e) for e in self.safe_private])
+        return out
+
+
+def applied_codes(options: DeidOptions) -> list[str]:
+    """Names (keys of :data:`PROFILE_CODES`) of the profile and the options applied, in order."""
+    return ["basic", *options.chosen()]
 
 
 # --- Actions ---------------------------------------------------------------------------------
-_KEEP, _REMOVE, _EMPTY, _DUMMY, _UID, _SEQ_UIDS, _SHIFT, _PATIENT_ID, _AGE = range(9)
+_KEEP, _REMOVE, _EMPTY, _DUMMY, _UID, _SEQ_UIDS, _SHIFT, _PATIENT_ID, _AGE, _CLEAN = range(10)
 
 # dicom-anonymizer category -> action; composites resolve as dicom-anonymizer resolves them.
 _CATEGORY_ACTIONS = {
@@ -103,20 +200,9 @@ _CATEGORY_ACTIONS = {
 }
 
 _PATIENT_ID_TAG = 0x00100020
+_PATIENT_NAME_TAG = 0x00100010
 _PLAIN_TEXT = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")  # printable ASCII but the backslash
-_BIRTH_DATE_TAG = 0x00100030
 _AGE_TAG = 0x00101010
-# PS3.15 Table E.1-1, column "Rtn. Pat. Chars. Opt." = K (those marked C hold free text: removed).
-_PATIENT_CHARACTERISTICS = (
-    0x00100040,  # Patient's Sex
-    _AGE_TAG,  # Patient's Age (capped, see _AGE)
-    0x00101020,  # Patient's Size
-    0x00101030,  # Patient's Weight
-    0x00102160,  # Ethnic Group
-    0x001021A0,  # Smoking Status
-    0x001021C0,  # Pregnancy Status
-    0x00102203,  # Patient's Sex Neutered
-)
 
 # Image classes whose pixels usually carry burned-in text (names, dates): accepted only with an
 # explicit BurnedInAnnotation = NO. Prefix match on SOP Class UID.
@@ -136,17 +222,31 @@ _UNCLEANABLE = (
 _UN = "UN"
 _DUMMY_TEXT = "REMOVED"
 _DUMMY_DATE = "19000101"
-_DUMMY_BY_VR: dict[str, str] = {
+# D: a non-empty value valid for the VR (PS3.5 Table 6.2-1), never one that could be real.
+_DUMMY_BY_VR: dict[str, Any] = {
     "AS": "000Y",
     "DA": _DUMMY_DATE,
     "DT": _DUMMY_DATE + "000000",
     "TM": "000000",
     "DS": "0",
     "IS": "0",
-    "UR": "",
+    "UR": "urn:medray:removed",
+    # binary VRs: one zero value of their width (OB and UN padded to an even length)
+    "OB": b"\0\0", "UN": b"\0\0", "OW": b"\0\0", "OF": b"\0" * 4, "OL": b"\0" * 4,
+    "OD": b"\0" * 8, "OV": b"\0" * 8,
 }
 _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"})
+_TEXT_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC", "PN", "CS"})
+# Values the scrub (C on text) takes out whatever the instance holds: dates, long numbers (IDs,
+# accession and phone numbers), phone numbers with separators, e-mail addresses and URLs.
+_PHI_PATTERNS = re.compile(
+    r"\b\d{4}[-/.]?\d{2}[-/.]?\d{2}\b|\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b|\b\d{5,}\b"
+    r"|\b\d{3}[-. ]\d{3,4}(?:[-. ]\d{4})?\b|[\w.+-]+@[\w-]+\.[\w.-]+|\b(?:https?://|www\.)\S+",
+    re.IGNORECASE,
+)
+_TOKEN_SPLIT = re.compile(r"[\s^,;:/\\=()\[\]]+")
+_MIN_TOKEN = 3
 
 
 @dataclass(frozen=True)
@@ -156,6 +256,9 @@ class _Rules:
     exact: dict[int, int]
     masked: tuple[tuple[int, int, int, int, int], ...]
     masked_groups: frozenset[int]
+    safe_private: frozenset[tuple[str, int, int]]
+    cleans: bool  # whether any rule cleans (needs the instance's identifying values)
+    basic: _Rules | None  # the Basic Profile's rules, for what C cannot clean (None: these are)
 
     def action(self, tag: int) -> int | None:
         found = self.exact.get(tag)
@@ -195,6 +298,30 @@ def _load_table(version: str) -> dict[str, Any]:
     return table
 
 
+@lru_cache(maxsize=1)
+def options_table() -> list[dict[str, str]]:
+    """PS3.15 Table E.1-1 with its option columns, one dict per attribute: ``tag`` as printed in
+    the standard (``(0008,0050)``, ``(60XX,3000)``), ``name``, ``basicProfile`` and each option
+    column that names the attribute (``K`` or ``C``)."""
+    text = resources.files("medray.privacy").joinpath(OPTIONS_TABLE).read_text(encoding="utf-8")
+    table = json.loads(text)
+    columns = table["columns"]
+    return [{c: v for c, v in zip(columns, row) if v} for row in table["rows"]]
+
+
+def _pattern(tag: str) -> tuple[int, int, int, int] | None:
+    """(group, element, group mask, element mask) of a tag as Table E.1-1 prints it; None for the
+    private attributes' row ("(GGGG,EEEE) WHERE GGGG IS ODD"), handled on its own."""
+    m = re.fullmatch(r"\(([0-9A-FX]{4}),([0-9A-FX]{4})\)", tag)
+    if m is None:
+        return None
+    values, masks = [], []
+    for part in m.groups():
+        values.append(int(part.replace("X", "0"), 16))
+        masks.append(int("".join("0" if c == "X" else "F" for c in part), 16))
+    return values[0], values[1], masks[0], masks[1]
+
+
 # Loaded at import, so that an unsupported dicom-anonymizer fails before any instance is read.
 _TABLE = _load_table(TABLE_VERSION)
 
@@ -210,28 +337,39 @@ def _rules(options: DeidOptions) -> _Rules:
                 masked.append((*rule, action))
             else:
                 exact[(rule[0] << 16) | rule[1]] = action
-    if options.retain_dates:
-        # The option's column of Table E.1-1 modifies every date and keeps times.
-        by_vr = {"DA": _SHIFT, "DT": _SHIFT, "TM": _KEEP}
-        exact = {tag: by_vr.get(_vr_of(tag), action) for tag, action in exact.items()}
-    exact[_BIRTH_DATE_TAG] = _EMPTY
+    columns = [_OPTIONS[name][0] for name in options.chosen()]
+    option_masked = []
+    for row in options_table() if columns else ():
+        verdicts = {row[c] for c in columns if c in row}
+        if not verdicts:
+            continue
+        action = _KEEP if "K" in verdicts else _CLEAN  # K wins over C
+        pattern = _pattern(row["tag"])
+        if pattern is None:
+            continue  # private attributes: options.safe_private decides
+        group, element, gmask, emask = pattern
+        if gmask == emask == 0xFFFF:
+            exact[group << 16 | element] = action
+        else:
+            option_masked.append((group, element, gmask, emask, action))
     exact[_PATIENT_ID_TAG] = _PATIENT_ID
     if options.retain_patient_characteristics:
-        for tag in _PATIENT_CHARACTERISTICS:
-            exact[tag] = _KEEP
-        exact[_AGE_TAG] = _AGE
+        exact[_AGE_TAG] = _AGE  # kept, but capped at 90
+    masked = option_masked + masked  # the options' verdicts first: the first match wins
     return _Rules(exact=exact, masked=tuple(masked),
-                  masked_groups=frozenset(r[0] & r[2] for r in masked))
+                  masked_groups=frozenset(r[0] & r[2] for r in masked),
+                  safe_private=options.safe_private if options.retain_safe_private else frozenset(),
+                  cleans=any(r[4] == _CLEAN for r in masked) or _CLEAN in exact.values(),
+                  basic=_rules(DeidOptions()) if columns else None)
 
 
 def method_description(options: DeidOptions) -> str:
     """The DeidentificationMethod text (LO, at most 64 characters) for ``options``."""
-    parts = ["PS3.15 E basic"]
-    if options.retain_dates:
-        parts.append("modified dates")
-    if options.retain_patient_characteristics:
-        parts.append("patient chars")
-    return "medray " + "; ".join(parts)
+    names = [_OPTIONS[name][2] for name in options.chosen()]
+    text = "medray " + "; ".join(["PS3.15 E basic", *names])
+    if len(text) > 64:  # many options: their CID 7050 codes' last digits instead
+        text = "medray PS3.15 E basic + 1131" + ",".join(PROFILE_CODES[n][0][4:] for n in options.chosen())
+    return text
 
 
 # --- Applying the rules ----------------------------------------------------------------------
@@ -242,6 +380,7 @@ class _Context:
     rules: _Rules
     shift_days: int
     patient: str
+    identifying: re.Pattern[str] | None  # the instance's identifying values (for C on text)
 
 
 def _shift_date(text: str, vr: str, days: int) -> str | None:
@@ -276,10 +415,9 @@ def _empty_value(vr: str) -> Any:
 
 
 def _dummy_value(vr: str) -> Any:
+    """D's value for a VR other than SQ and UI: non-empty and valid for the VR."""
     if vr in _NUMERIC_VRS:
         return 0
-    if vr in _BINARY_VRS:
-        return b""
     return _DUMMY_BY_VR.get(vr, _DUMMY_TEXT)
 
 
@@ -308,6 +446,59 @@ def _uids(elem: DataElement | RawDataElement, ctx: _Context) -> Any:
     return _joined([pseudo_uid(ctx.key, v) for v in _strings(elem)])
 
 
+def _identifying(ds: Dataset, rules: _Rules) -> re.Pattern[str] | None:
+    """A pattern of the words of ``ds``'s identifying values: the text elements the profile
+    removes, empties, replaces or pseudonymises (names, IDs, addresses, ...), top level only."""
+    words: set[str] = set()
+    with silenced_warnings():
+        for elem in ds:
+            action = rules.action(int(elem.tag))
+            if elem.tag.is_private or action in (None, _KEEP, _CLEAN, _UID, _SEQ_UIDS, _AGE):
+                continue
+            if elem.VR not in _TEXT_VRS or elem.VR == "CS":
+                continue
+            values = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
+            for value in values:
+                words.update(w for w in _TOKEN_SPLIT.split(str(value or "")) if len(w) >= _MIN_TOKEN)
+    if not words:
+        return None
+    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+
+
+def _scrub(text: str, ctx: _Context) -> str:
+    """C on a text value: the instance's identifying words and every date, long number, phone
+    number, e-mail and URL taken out, spaces squeezed."""
+    text = _PHI_PATTERNS.sub(" ", text)
+    if ctx.identifying is not None:
+        text = ctx.identifying.sub(" ", text)
+    return " ".join(text.split())
+
+
+def _cleaned(ds: Dataset, tag: Any, vr: str, raw: DataElement | RawDataElement, ctx: _Context) -> Any:
+    """C: the value of ``tag`` cleaned for its VR; None when the element is kept as it is (a
+    sequence cleaned item by item, a time) and ``...`` when it cannot be cleaned (binary and
+    numeric values: their content cannot be checked here)."""
+    if vr == "SQ":
+        for item in ds[tag].value:
+            _apply(item, ctx)
+        return None
+    if vr in ("DA", "DT"):
+        return _shifted(raw, vr, ctx.shift_days)
+    if vr == "TM":
+        return None  # a time of day: the day moved, not the hour
+    if vr == "UI":
+        return _uids(raw, ctx)
+    if vr == "AE":  # a device's name: the same device gets the same name, which says nothing
+        return "AE" + pseudonym(ctx.key, str(ds[tag].value or "").strip(), kind="ae")[:14]
+    if vr in _TEXT_VRS:
+        value = ds[tag].value
+        if isinstance(value, (list, MultiValue)):
+            return [_scrub(str(v), ctx) for v in value]
+        return _scrub(str(value or ""), ctx)
+    return ...
+
+
 def _dummy_sequence(elem: DataElement, ctx: _Context) -> None:
     """D on a sequence: every nested value replaced by a dummy of its VR, UIDs remapped."""
     for item in elem.value:
@@ -318,6 +509,72 @@ def _dummy_sequence(elem: DataElement, ctx: _Context) -> None:
                 nested.value = _uids(nested, ctx) if nested.VR == "UI" else _dummy_value(nested.VR)
 
 
+def _private(ds: Dataset, tags: list[Any], safe: frozenset[tuple[str, int, int]]) -> None:
+    """Remove the private elements of ``ds`` (odd groups, creators included) but those of
+    ``safe``, (creator, group, element byte), and the creators of those kept (PS3.5 7.8.1)."""
+    creators: dict[tuple[int, int], str] = {}
+    if safe:
+        for tag in tags:
+            number = int(tag)
+            if number & 0x10000 and 0x10 <= number & 0xFFFF <= 0xFF:
+                creators[(number >> 16, number & 0xFF)] = str(ds[tag].value or "").strip()
+    kept_blocks = set()
+    for tag in tags:
+        number = int(tag)
+        if not number & 0x10000:
+            continue
+        group, element = number >> 16, number & 0xFFFF
+        if element >= 0x1000:
+            block = element >> 8
+            creator = creators.get((group, block))
+            if creator is not None and (creator, group, element & 0xFF) in safe:
+                kept_blocks.add((group, block))
+                continue
+        if element > 0xFF or not safe:
+            del ds[tag]
+    for tag in tags:
+        number = int(tag)
+        if number & 0x10000 and 0x10 <= number & 0xFFFF <= 0xFF and tag in ds:
+            if (number >> 16, number & 0xFF) not in kept_blocks:
+                del ds[tag]
+
+
+_DONE = object()  # _action_value: the element was removed or changed in place
+
+
+def _action_value(ds: Dataset, tag: Any, vr: str, raw: DataElement | RawDataElement, action: int | None,
+                  ctx: _Context) -> Any:
+    """The new value of an element under a Basic Profile ``action`` (or ``_DONE``)."""
+    if action is None or action == _KEEP:
+        if vr == "SQ":
+            for item in ds[tag].value:
+                _apply(item, ctx)
+        return _DONE
+    if action == _REMOVE:
+        del ds[tag]
+        return _DONE
+    if action == _EMPTY or (action == _UID and vr != "UI") or (action == _SHIFT and vr not in ("DA", "DT")):
+        return _empty_value(vr)
+    if action == _DUMMY:
+        if vr == "SQ":
+            _dummy_sequence(ds[tag], ctx)
+            return _DONE
+        return _uids(raw, ctx) if vr == "UI" else _dummy_value(vr)
+    if action == _UID:
+        return _uids(raw, ctx)
+    if action == _SEQ_UIDS:
+        if vr == "SQ":
+            for item in ds[tag].value:
+                _apply(item, ctx)
+            return _DONE
+        return _uids(raw, ctx) if vr == "UI" else _empty_value(vr)
+    if action == _SHIFT:
+        return _shifted(raw, vr, ctx.shift_days)
+    if action == _PATIENT_ID:
+        return ctx.patient
+    return _capped_age(ds[tag].value or "")  # _AGE
+
+
 def _apply(ds: Dataset, ctx: _Context) -> None:
     """Apply the compiled rules to every element of ``ds``, recursing into kept sequences.
 
@@ -325,10 +582,11 @@ def _apply(ds: Dataset, ctx: _Context) -> None:
     kept or thrown away are never decoded or validated.
     """
     rules = ctx.rules
-    for tag in list(ds.keys()):
+    tags = list(ds.keys())
+    _private(ds, tags, rules.safe_private)
+    for tag in tags:
         number = int(tag)  # BaseTag compares in Python; plain ints hash and compare in C
-        if number & 0x10000:  # odd group: private data elements and private creators
-            del ds[tag]
+        if number & 0x10000:  # private: _private kept only the safe ones
             continue
         action = rules.action(number)
         raw = ds.get_item(tag)
@@ -336,43 +594,20 @@ def _apply(ds: Dataset, ctx: _Context) -> None:
         if vr == _UN:
             raw = ds[tag]  # pydicom decodes UN of a known tag under its dictionary VR
             vr = raw.VR
-            if vr == _UN:
+            if vr == _UN and action in (None, _KEEP):
                 del ds[tag]  # an unknown element of a standard group: content cannot be checked
                 continue
-        if action is None or action == _KEEP:
-            if vr == "SQ":
-                for item in ds[tag].value:
-                    _apply(item, ctx)
-            continue
-        if action == _REMOVE:
-            del ds[tag]
-            continue
-        if (
-            action == _EMPTY
-            or (action == _UID and vr != "UI")
-            or (action == _SHIFT and vr not in ("DA", "DT"))
-        ):
-            value = _empty_value(vr)
-        elif action == _DUMMY:
-            if vr == "SQ":
-                _dummy_sequence(ds[tag], ctx)
+        if action == _CLEAN:
+            value = _cleaned(ds, tag, vr, raw, ctx)
+            if value is not ...:
+                if value is not None:
+                    ds[tag] = _element(tag, vr, value)
                 continue
-            value = _uids(raw, ctx) if vr == "UI" else _dummy_value(vr)
-        elif action == _UID:
-            value = _uids(raw, ctx)
-        elif action == _SEQ_UIDS:
-            if vr == "SQ":
-                for item in ds[tag].value:
-                    _apply(item, ctx)
-                continue
-            value = _uids(raw, ctx) if vr == "UI" else _empty_value(vr)
-        elif action == _SHIFT:
-            value = _shifted(raw, vr, ctx.shift_days)
-        elif action == _PATIENT_ID:
-            value = ctx.patient
-        else:  # _AGE
-            value = _capped_age(ds[tag].value or "")
-        ds[tag] = _element(tag, vr, value)
+            # cannot be cleaned: the Basic Profile's action
+            action = rules.basic.action(number) if rules.basic is not None else _REMOVE
+        value = _action_value(ds, tag, vr, raw, action, ctx)
+        if value is not _DONE:
+            ds[tag] = _element(tag, vr, value)
 
 
 def _code(ds: Dataset, tag: int) -> str:
@@ -426,6 +661,7 @@ def check_deidentifiable(ds: Dataset) -> str:
     return mrn
 
 
+
 def _element(tag: int, vr: str, value: Any) -> DataElement:
     # Values built here are valid by construction: skip pydicom's per-assignment validation.
     return DataElement(tag, vr, value, validation_mode=config.IGNORE)
@@ -433,23 +669,21 @@ def _element(tag: int, vr: str, value: Any) -> DataElement:
 
 def _mark(ds: Dataset, options: DeidOptions) -> None:
     """Record what was done (PS3.15 E.1.1): identity removed, method text and CID 7050 codes."""
-    wanted = ["basic"]
-    wanted += ["retain_dates"] if options.retain_dates else []
-    wanted += ["retain_patient_characteristics"] if options.retain_patient_characteristics else []
     items = []
-    for name in wanted:
+    for name in applied_codes(options):
         value, meaning = PROFILE_CODES[name]
         item = Dataset()
         item[0x00080100] = _element(0x00080100, "SH", value)  # CodeValue
         item[0x00080102] = _element(0x00080102, "SH", "DCM")  # CodingSchemeDesignator
         item[0x00080104] = _element(0x00080104, "LO", meaning)  # CodeMeaning
         items.append(item)
+    temporal = ("MODIFIED" if options.retain_dates else
+                "UNMODIFIED" if options.retain_full_dates else "REMOVED")
     for tag, vr, value in (
         (0x00120062, "CS", "YES"),  # PatientIdentityRemoved
         (0x00120063, "LO", method_description(options)),  # DeidentificationMethod
         (0x00120064, "SQ", Sequence(items)),  # DeidentificationMethodCodeSequence
-        # LongitudinalTemporalInformationModified
-        (0x00280303, "CS", "MODIFIED" if options.retain_dates else "REMOVED"),
+        (0x00280303, "CS", temporal),  # LongitudinalTemporalInformationModified
     ):
         ds[tag] = _element(tag, vr, value)
 
@@ -464,9 +698,11 @@ def deidentify(ds: Dataset, key: bytes, options: DeidOptions = DeidOptions()) ->
     # pydicom warns about malformed values by quoting them, which may be PHI.
     with silenced_warnings():
         mrn = check_deidentifiable(ds)
-        ctx = _Context(key=key, rules=_rules(options), shift_days=date_shift_days(key, mrn),
-                       patient=pseudonym(key, mrn, kind="patient"))
+        rules = _rules(options)
         try:
+            identifying = _identifying(ds, rules) if rules.cleans else None
+            ctx = _Context(key=key, rules=rules, shift_days=date_shift_days(key, mrn),
+                           patient=pseudonym(key, mrn, kind="patient"), identifying=identifying)
             _apply(ds, ctx)
             meta = getattr(ds, "file_meta", None)
             if meta is not None:

@@ -80,9 +80,9 @@ def test_options_add_their_cid_7050_codes():
     ds = deidentify(patient_dataset(), KEY, DeidOptions(retain_dates=True,
                                                          retain_patient_characteristics=True))
     codes = [i.CodeValue for i in ds.DeidentificationMethodCodeSequence]
-    assert codes == [PROFILE_CODES[k][0] for k in ("basic", "retain_dates",
-                                                  "retain_patient_characteristics")]
-    assert codes == ["113100", "113107", "113108"]
+    assert codes == [PROFILE_CODES[k][0] for k in ("basic", "retain_patient_characteristics",
+                                                  "retain_dates")]
+    assert codes == ["113100", "113108", "113107"]  # in the order of Table E.1-1's columns
     assert len(ds.DeidentificationMethod) <= 64
     assert ds.LongitudinalTemporalInformationModified == "MODIFIED"
 
