@@ -5,7 +5,8 @@ Both servers run the same model (a seeded NoduleNet, 16x64x64) and the same requ
 machine's CPUs, measured back to back at each concurrency (the idle other server stays up). The
 baseline is what a team would otherwise build: one
 uvicorn process, the model called in FastAPI's thread pool, torch with its default threads, no
-auth, no audit. medray runs its full path: Serve proxy, ingress replicas that check the token,
+auth, no audit. medray runs its full path: its HTTP front door (Serve's HAProxy ingress, the default
+of every medray cluster: ``medray.cluster.ingress``), ingress replicas that check the token,
 route by the DICOM header, decode, normalise, batch dynamically, pseudonymise and audit.
 
 For each concurrency (1, 8, 32 by default) ``C`` clients each send a request, wait for the answer
@@ -277,16 +278,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--request", choices=["instance", "series"], default="instance",
                    help="one 128x128 CT instance, or a 20-instance series (multipart/related)")
     p.add_argument("--replicas", type=int, default=2, help="ingress replicas (the routine lane) of the medray service")
-    p.add_argument("--proxy", default="EveryNode", choices=["EveryNode", "HeadOnly"])
-    p.add_argument("--throughput-optimized", action="store_true",
-                   help="start the cluster with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct ingress: each ingress "
-                        "replica serves HTTP on its own port, no proxy hop; user code on the replica's main "
-                        "loop); the clients spread over the replicas as a load balancer would")
+    p.add_argument("--proxy", default="HeadOnly", choices=["EveryNode", "HeadOnly"],
+                   help="where Serve runs its front door (HAProxy, or the Python proxy with --ingress proxy)")
+    p.add_argument("--ingress", default="haproxy", choices=["haproxy", "proxy", "direct"],
+                   help="haproxy: medray's default, one URL (Serve's HAProxy ingress over direct-ingress replicas); "
+                        "proxy: Serve's Python proxy (MEDRAY_INGRESS=proxy); direct: direct ingress without a "
+                        "balancer, the clients spread over the replicas' own ports")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--cpu-groups", type=int, default=8, help="process groups shown in the CPU breakdown")
     p.add_argument("--baseline-server", nargs=3, metavar=("REGISTRY", "REF", "PORT"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.throughput_optimized:  # before Serve is imported here, and for every process of the cluster below
+    if a.ingress != "haproxy":  # before the cluster starts: every process of it reads these
+        os.environ["MEDRAY_INGRESS"] = "proxy"
+    if a.ingress == "direct":
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     if a.baseline_server:
         registry, ref, port = a.baseline_server
@@ -322,13 +326,13 @@ def main(argv: list[str] | None = None) -> int:
                 ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
                 url = run_local(setup["args"], proxy_location=a.proxy)
                 _wait_http(f"http://127.0.0.1:{port}/docs")
-                targets = http_targets(host="127.0.0.1") if a.throughput_optimized else [url]
+                targets = http_targets(host="127.0.0.1") if a.ingress == "direct" else [url]
                 for target in targets:
                     _wait_http(f"{target}/healthz")
                 print(f"medray answers on {', '.join(targets)}", flush=True)
                 servers = {
                     "fastapi": (f"http://127.0.0.1:{port}/v1/diagnose", {"Content-Type": content_type}),
-                    "medray": ([f"{u}/v1/diagnose" for u in targets] if a.throughput_optimized else
+                    "medray": ([f"{u}/v1/diagnose" for u in targets] if a.ingress == "direct" else
                                f"{url}/v1/diagnose",
                                {"Content-Type": content_type, "Authorization": f"Bearer {setup['token']}"}),
                 }
@@ -363,7 +367,8 @@ def print_table(results: list[Result], own: dict[str, float], a: argparse.Namesp
     by = {(r.server, r.concurrency): r for r in results}
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"\nload average at the end (1, 5, 15 min): {load} on {os.cpu_count()} CPUs")
-    mode = "throughput-optimized (direct ingress)" if a.throughput_optimized else f"proxy {a.proxy}"
+    mode = {"haproxy": f"HAProxy ingress ({a.proxy})", "proxy": f"Python proxy ({a.proxy})",
+            "direct": "direct ingress, clients over the replicas' ports"}[a.ingress]
     print(f"request: {a.request}; medray: {a.replicas} routine replicas, {mode}; "
           f"{a.seconds:g} s per point after {a.warmup:g} s warm-up; model's own time {own['model_ms']:.1f} ms\n")
     rows = []

@@ -35,11 +35,12 @@ def run_local(args: dict[str, Any] | DiagnosisArgs, *, port: int | None = None,
 def http_targets(app_name: str = APP_NAME, *, host: str | None = None) -> list[str]:
     """Base URLs that take the app's HTTP traffic, as a load balancer in front of the cluster needs them.
 
-    Normally Serve's proxies. With Serve's direct ingress (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` or
-    ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1`` in the environment of every node, set before the cluster
-    starts) each ingress replica serves HTTP on its own port and these are the replicas: no proxy
-    hop, but the clients or a load balancer must spread over them (docs/diagnosis.md). ``host``
-    replaces the nodes' addresses, e.g. ``127.0.0.1`` for :func:`run_local`, which listens there.
+    On a medray cluster these are the nodes' HAProxy front doors (:mod:`medray.cluster.ingress`;
+    one per node with ``proxy_location: EveryNode``, the head's with ``HeadOnly``), which forward to
+    the lanes' replicas. Under ``MEDRAY_INGRESS=proxy`` they are Serve's Python proxies; with direct
+    ingress and no HAProxy (``MEDRAY_INGRESS=proxy RAY_SERVE_THROUGHPUT_OPTIMIZED=1``) they are the
+    ingress replicas themselves, over which clients must spread. ``host`` replaces the nodes'
+    addresses, e.g. ``127.0.0.1`` for :func:`run_local`, which listens there.
     """
     import ray
     from ray.serve.context import _get_global_client

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from medray.cluster.ingress import INGRESS_SETTINGS
 from medray.cluster.node_types import SITE_LABEL, NodeType, node_types_from_config
 
 __all__ = ["AUTH_SECRET", "GPU_PRODUCTS", "GUARDS_COMMAND", "raycluster_manifest"]
@@ -57,6 +58,7 @@ def _pod_template(t: NodeType, container: str, ray_version: str) -> dict[str, An
                     "resources": {"limits": limits, "requests": dict(limits)},
                     "env": [
                         {"name": "RAY_AUTH_MODE", "value": "token"},
+                        *({"name": k, "value": v} for k, v in INGRESS_SETTINGS.items()),
                         {
                             "name": "RAY_AUTH_TOKEN",
                             "valueFrom": {"secretKeyRef": {"name": AUTH_SECRET, "key": "token"}},

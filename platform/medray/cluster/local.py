@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medray.cluster.ingress import ingress_dir, ingress_env
 from medray.cluster.node_types import SIMULATED_GPU_LABEL, NodeType, load_node_types
 from medray.cluster.nvml import physical_gpu_count
 from medray.errors import MedrayError
@@ -148,6 +150,11 @@ class LocalCluster:
 
         head, *workers = specs
         self.specs = list(specs)
+        # Each node's processes inherit this process's environment when the node starts: the
+        # HAProxy front door's settings (medray.cluster.ingress), with files of its own per node.
+        self._environ = dict(os.environ)
+        self._id = uuid.uuid4().hex
+        self._with_node_env(0)
         self._cluster = Cluster(
             initialize_head=True,
             # Ray gives worker nodes a random agent port but the head its fixed default, which
@@ -156,8 +163,12 @@ class LocalCluster:
                             "dashboard_agent_listen_port": _free_port()},
         )
         for spec in workers:
+            self._with_node_env(len(self._cluster.list_all_nodes()))
             self._cluster.add_node(wait=False, **_node_args(spec))
         self._cluster.wait_for_nodes()
+
+    def _with_node_env(self, index: int) -> None:
+        os.environ.update(ingress_env(ingress_dir(self._id, index), env=self._environ))
 
     @property
     def address(self) -> str:
@@ -166,6 +177,7 @@ class LocalCluster:
 
     def add_node(self, spec: LocalNodeSpec) -> Any:
         """Start one more node (e.g. a second node of a type); returns Ray's node handle."""
+        self._with_node_env(len(self._cluster.list_all_nodes()))
         node = self._cluster.add_node(**_node_args(spec))
         self.specs.append(spec)
         return node
@@ -180,6 +192,10 @@ class LocalCluster:
 
         ray.shutdown()
         self._cluster.shutdown()
+        for key in set(os.environ) - set(self._environ):
+            del os.environ[key]
+        os.environ.update(self._environ)
+        shutil.rmtree(ingress_dir(self._id, 0).parent, ignore_errors=True)
 
 
 @contextmanager
@@ -217,11 +233,13 @@ def state_file() -> Path:
 _MARKER_ENV = "MEDRAY_LOCAL_CLUSTER_ID"
 
 
-def _ray_env(cluster_id: str = "") -> dict[str, str]:
+def _ray_env(cluster_id: str = "", ingress_dir: Path | None = None) -> dict[str, str]:
     # Token auth on: `ray start --head` creates ~/.ray/auth_token, later nodes read it.
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     if cluster_id:
         env[_MARKER_ENV] = cluster_id
+    if ingress_dir is not None:  # a node's start: the HAProxy front door's settings, files of its own
+        env.update(ingress_env(ingress_dir))
     return env
 
 
@@ -244,9 +262,10 @@ def up(config: str | Path | None = None, *, timeout_s: float = 300, **scale: Any
     head, *workers = specs
     deadline = time.monotonic() + timeout_s
     try:
-        _run_ray_start([*ray_start_command(head), f"--port={address.rsplit(':', 1)[1]}"], cluster_id)
-        for spec in workers:
-            _run_ray_start(ray_start_command(spec, head_address=address), cluster_id)
+        _run_ray_start([*ray_start_command(head), f"--port={address.rsplit(':', 1)[1]}"], cluster_id,
+                       ingress_dir(cluster_id, 0))
+        for i, spec in enumerate(workers, 1):
+            _run_ray_start(ray_start_command(spec, head_address=address), cluster_id, ingress_dir(cluster_id, i))
         _wait_for_nodes(address, len(specs), deadline)
         _wait_for_job_api(cluster_id, deadline)
         # The GPU guards start with the cluster, as the head's start command does on a real one.
@@ -303,6 +322,7 @@ def down() -> bool:
     if state is None:
         return False
     _stop_marked(state["id"])
+    shutil.rmtree(ingress_dir(state["id"], 0).parent, ignore_errors=True)
     state_file().unlink(missing_ok=True)
     return True
 
@@ -350,13 +370,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run_ray_start(cmd: list[str], cluster_id: str) -> None:
+def _run_ray_start(cmd: list[str], cluster_id: str, ingress_dir: Path) -> None:
     # One node at a time: concurrent `ray start`s overload the GCS on a 2-core machine.
     # Every node of this machine needs its own dashboard agent port: with Ray's fixed default, the
     # head's agent loses the port to another node or cluster here, and the job server then has
     # no agent to run jobs on ("No available agent to submit job").
     cmd = [_ray_cli(), *cmd[1:], f"--dashboard-agent-listen-port={_free_port()}"]
-    result = subprocess.run(cmd, env=_ray_env(cluster_id), capture_output=True, text=True)
+    result = subprocess.run(cmd, env=_ray_env(cluster_id, ingress_dir), capture_output=True, text=True)
     if result.returncode != 0:
         raise MedrayError(
             f"`{shlex.join(cmd)}` failed (exit {result.returncode}):\n{result.stderr[-2000:]}"

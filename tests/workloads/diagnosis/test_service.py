@@ -287,6 +287,31 @@ def test_batches_form_under_load(service):
     assert max(sizes) >= 2 and all(1 <= n <= 8 for n in sizes), sizes
 
 
+def test_one_url_is_an_haproxy_front_door_over_the_replicas_own_ports(service, cohort):
+    """medray's default ingress (medray.cluster.ingress): HAProxy holds the service's one URL and
+    forwards to each lane's direct-ingress replicas, which listen on ports of their own."""
+    import psutil
+    import ray
+    from ray.serve.context import _get_global_client
+
+    from workloads.diagnosis.app import lane_apps
+    from workloads.diagnosis.local import http_targets
+
+    port = int(service.url.rsplit(":", 1)[1])
+    listeners = {c.pid for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
+    assert listeners and {psutil.Process(pid).name() for pid in listeners} == {"haproxy"}, listeners
+    assert {int(u.rsplit(":", 1)[1]) for u in http_targets()} == {port}  # what a balancer outside needs
+    controller = _get_global_client()._controller
+    ports = {lane: {t.port for g in ray.get(controller.get_target_groups.remote(app, from_proxy_manager=True))
+                    for t in g.targets} for lane, app in lane_apps().items()}  # what HAProxy forwards to
+    assert all(ports.values()) and port not in ports["routine"] | ports["emergency"], ports
+    assert not ports["routine"] & ports["emergency"], ports  # each lane has its own replicas
+    body, content_type = encode_series(cohort_series(cohort, study=1))
+    for lane in ("routine", "emergency"):
+        r = service.post(body, content_type, lane=lane)
+        assert r.status_code == 200 and r.json()["served_by"]["lane"] == lane, r.text
+
+
 def test_emergency_lane_answers_while_the_routine_lane_is_saturated(service, cohort):
     body, content_type = encode_series(cohort_series(cohort, study=2))
     stop = threading.Event()
