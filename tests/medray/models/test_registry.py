@@ -9,7 +9,7 @@ import torch
 
 from medray.errors import RegistryError
 from medray.imaging.normalize import InputSpec
-from medray.models.registry import list_models, load_state_dict, parse_ref, register, resolve
+from medray.models.registry import list_models, load_state_dict, parse_ref, record_backend, register, resolve
 
 SPEC = InputSpec(spacing_mm=(6.0, 6.0, 6.0), shape=(16, 64, 64), window="lung")
 
@@ -70,7 +70,17 @@ def test_bad_refs(ref):
 
 def test_cli_lists_models(tmp_path):
     reg = tmp_path / "registry"
-    register(reg, "nodule", _weights(tmp_path, 1), input_spec=SPEC, metrics={"auc": 0.93})
+    entry = register(reg, "nodule", _weights(tmp_path, 1), input_spec=SPEC, metrics={"auc": 0.93})
+    register(reg, "ich", _weights(tmp_path, 2), input_spec=SPEC, finding="intracranial-hemorrhage")
+    record_backend(entry, "onnx", {"file": "model.onnx"})
+    record_backend(resolve(reg, "nodule:1"), "onnx-int8", {"passed": False, "auc_int8": 0.61, "auc_fp32": 0.93})
     out = subprocess.run([sys.executable, "-m", "medray", "models", "--registry", str(reg)],
                          check=True, capture_output=True, text=True).stdout
-    assert "nodule:1" in out and "auc=0.930" in out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert set(rows) == {"nodule:1", "ich:1"}, out
+    assert "lung-nodule" in rows["nodule:1"] and "auc=0.930" in rows["nodule:1"]
+    assert "onnx, onnx-int8 refused (AUC 0.610 vs fp32 0.930)" in rows["nodule:1"]
+    assert "intracranial-hemorrhage" in rows["ich:1"] and rows["ich:1"].rstrip().endswith("-")
+    empty = subprocess.run([sys.executable, "-m", "medray", "models", "--registry", str(tmp_path / "none")],
+                           check=True, capture_output=True, text=True).stdout
+    assert empty.startswith("no models in ")
