@@ -2,7 +2,10 @@
 
     python -m workloads.preprocess.dicom --input IN --output OUT [--key-file F]
         [--window lung|mediastinum|brain|bone|none] [--spacing Z Y X] [--shape D H W]
-        [--retain-dates] [--retain-patient-characteristics] [--resume] [--concurrency N]
+        [--retain-dates] [--retain-patient-characteristics] [--retain-full-dates] [--retain-uids]
+        [--retain-device-identity] [--retain-institution-identity] [--clean-descriptors]
+        [--clean-structured-content] [--clean-graphics] [--safe-private GGGG,EE,CREATOR ...]
+        [--export-dicom] [--resume] [--concurrency N]
         [--grouping auto|folder|scan]
 
 or, from a notebook connected to the cluster, :func:`preprocess_dicom`. Ray Data tasks run on prep
@@ -16,7 +19,9 @@ Outputs under OUT:
 
 * ``volumes/<pseudonymous series UID>.parquet`` (schema: :mod:`medray.data.shards`),
 * ``quarantine.parquet`` (path relative to IN, reason code, PHI-free message),
-* ``manifest.json`` (schema version, key id, options, counts, node types, timings).
+* ``manifest.json`` (schema version, key id, options, counts, node types, timings),
+* with ``--export-dicom``, ``dicom/<pseudonymous series UID>/<pseudonymous SOP Instance UID>.dcm``:
+  every instance of the series written, de-identified in full, as a DICOM Part 10 file.
 
 Same input and key give byte-identical Parquet files; ``--resume`` skips series already written.
 """
@@ -47,7 +52,14 @@ from medray.errors import ConfigError, MedrayError
 from medray.imaging.normalize import WINDOWS, InputSpec
 from medray.logs import get_logger
 from medray.metrics import counter
-from medray.privacy.ps315 import PROFILE_CODES, TABLE_VERSION, DeidOptions, method_description
+from medray.privacy.ps315 import (
+    OPTIONS_TABLE,
+    PROFILE_CODES,
+    TABLE_VERSION,
+    DeidOptions,
+    applied_codes,
+    method_description,
+)
 from medray.privacy.pseudonym import key_id, load_key
 from medray.scheduling.load import current_node_type
 from medray.scheduling.placement import Placement
@@ -67,10 +79,14 @@ from workloads.preprocess.runs import (
     write_quarantine,
 )
 from workloads.preprocess.tasks import (
+    EXPORT_DIR,
     GROUPINGS,
     DicomOptions,
     Scanned,
     SeriesResult,
+    commit_export,
+    is_done,
+    pending_export_path,
     pending_path,
     process_folder,
     process_series,
@@ -219,10 +235,13 @@ def _prepare_output(out: Path, options: DicomOptions, key: bytes) -> None:
     elif not options.resume:
         # Only files this pipeline writes: never anything else a user keeps in OUT.
         shutil.rmtree(out / VOLUMES_DIR, ignore_errors=True)
+        shutil.rmtree(out / EXPORT_DIR, ignore_errors=True)
         for name in (QUARANTINE, MANIFEST):
             (out / name).unlink(missing_ok=True)
     for stale in (out / VOLUMES_DIR).glob(".*.tmp"):  # left by an interrupted run
         stale.unlink(missing_ok=True)
+    for stale in (out / EXPORT_DIR).glob(".*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _refused(scanned: pa.Table) -> list[Quarantined]:
@@ -287,12 +306,15 @@ def _commit_folders(rows: list[dict[str, Any]], out: Path) -> tuple[
     for series_uid, found in parts.items():
         if len(found) > 1:  # each folder saw part of the series: drop the parts, redo it whole
             pending_path(out, series_uid).unlink(missing_ok=True)
+            shutil.rmtree(pending_export_path(out, series_uid), ignore_errors=True)
             again += [(p, f["study_uid"], series_uid) for f in found for p in f["paths"]]
         elif found[0]["skipped"]:
             skipped.append({"series_uid": series_uid, "paths": found[0]["paths"]})
         else:
             if found[0]["written"]:
                 os.replace(pending_path(out, series_uid), shard_path(out, series_uid))
+                if pending_export_path(out, series_uid).is_dir():
+                    commit_export(out, series_uid)
             results.append(found[0])
     return results, again, skipped, refused
 
@@ -300,8 +322,6 @@ def _commit_folders(rows: list[dict[str, Any]], out: Path) -> tuple[
 def _manifest(options: DicomOptions, key: bytes, status: str, counts: dict[str, Any] | None = None,
               run: dict[str, Any] | None = None) -> dict[str, Any]:
     deid = options.deid
-    codes = ["basic"] + (["retain_dates"] if deid.retain_dates else []) + (
-        ["retain_patient_characteristics"] if deid.retain_patient_characteristics else [])
     return {
         "pipeline": PIPELINE,
         "schema_version": SCHEMA_VERSION,
@@ -311,10 +331,12 @@ def _manifest(options: DicomOptions, key: bytes, status: str, counts: dict[str, 
         "deidentification": {
             "method": method_description(deid),
             "codes": [{"code_value": PROFILE_CODES[c][0], "coding_scheme": "DCM",
-                       "code_meaning": PROFILE_CODES[c][1]} for c in codes],
+                       "code_meaning": PROFILE_CODES[c][1]} for c in applied_codes(deid)],
             "attribute_table": f"dicom-anonymizer {TABLE_VERSION}",
+            "options_table": f"medray.privacy/{OPTIONS_TABLE}",
         },
-        "outputs": {"volumes": f"{VOLUMES_DIR}/", "quarantine": QUARANTINE},
+        "outputs": {"volumes": f"{VOLUMES_DIR}/", "quarantine": QUARANTINE,
+                    **({"dicom": f"{EXPORT_DIR}/"} if options.export_dicom else {})},
         "counts": counts or {},
         "run": run or {},
     }
@@ -421,7 +443,7 @@ def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
 
     todo = []
     for u in units:
-        (skipped if options.resume and shard_path(out, u["series_uid"]).exists() else todo).append(u)
+        (skipped if options.resume and is_done(out, u["series_uid"], options) else todo).append(u)
     _log.info("%d series to process, %d already written", len(todo), len(skipped))
     walls["group"] = time.perf_counter() - t0 - sum(walls.values())
     if todo:
@@ -481,6 +503,31 @@ def _count(summary: Summary) -> None:
 
 # --- CLI -------------------------------------------------------------------------------------
 
+# The PS3.15 options beyond the two above, as DeidOptions names them (flags: dashes).
+_DEID_FLAGS = {
+    "retain_full_dates": "keep dates and times as they are (not with --retain-dates)",
+    "retain_uids": "keep the original UIDs",
+    "retain_device_identity": "keep device names and serial numbers (AE titles pseudonymised)",
+    "retain_institution_identity": "keep institution names and addresses",
+    "clean_descriptors": "keep descriptions and comments, cleaned of identifying words and dates",
+    "clean_structured_content": "keep structured content (SR-like sequences), cleaned",
+    "clean_graphics": "keep graphic annotations and overlay comments, cleaned",
+}
+
+
+def _safe_private(entries: Sequence[str]) -> frozenset[tuple[str, int, int]]:
+    """--safe-private values as DeidOptions.safe_private; ConfigError for a malformed one."""
+    safe = set()
+    for entry in entries:
+        parts = entry.split(",", 2)
+        try:
+            safe.add((parts[2].strip(), int(parts[0], 16), int(parts[1], 16)))
+        except (IndexError, ValueError):
+            raise ConfigError(f"--safe-private takes GGGG,EE,CREATOR (hex group and element byte), "
+                              f"e.g. 0043,27,GEMS_PARM_01; got {entry!r}") from None
+    return frozenset(safe)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = pipeline_parser(PIPELINE, __doc__, input_help="folder of DICOM files (searched recursively)",
                         output_help="output folder (volumes/, quarantine, manifest)")
@@ -495,6 +542,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="PS3.15 option: keep dates, shifted per patient (as the EMR pipeline)")
     p.add_argument("--retain-patient-characteristics", action="store_true",
                    help="PS3.15 option: keep sex, age (90+ grouped), size, weight")
+    for flag, meaning in _DEID_FLAGS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", action="store_true", help=f"PS3.15 option: {meaning}")
+    p.add_argument("--safe-private", action="append", default=[], metavar="GGGG,EE,CREATOR",
+                   help="PS3.15 Retain Safe Private: keep this private attribute (odd group, element "
+                        "byte, both hex, and its private creator); repeat for each")
+    p.add_argument("--export-dicom", action="store_true",
+                   help="also write every de-identified instance as a DICOM file under OUTPUT/dicom/")
     p.add_argument("--resume", action="store_true", help="skip series already written to OUTPUT")
     p.add_argument("--grouping", choices=GROUPINGS, default="auto",
                    help="folder: one pass, tasks take whole folders (each header read once); scan: a "
@@ -513,10 +567,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = DicomOptions(
             spec=spec,
             deid=DeidOptions(retain_dates=args.retain_dates,
-                             retain_patient_characteristics=args.retain_patient_characteristics),
+                             retain_patient_characteristics=args.retain_patient_characteristics,
+                             **{flag: getattr(args, flag) for flag in _DEID_FLAGS},
+                             retain_safe_private=bool(args.safe_private),
+                             safe_private=_safe_private(args.safe_private)),
             concurrency=args.concurrency,
             resume=args.resume,
             grouping=args.grouping,
+            export_dicom=args.export_dicom,
         )
         connect()
         summary = preprocess_dicom(args.input, args.output, key=key, options=options)

@@ -16,6 +16,11 @@ either by a scan (1 and 2) or by folder in one pass (3):
    series and processes each as 2 does, into a pending shard (:func:`pending_path`) that the
    driver renames into place, or discards when other folders hold more of the series.
 
+With ``export_dicom``, every instance of a series written is also de-identified in full and
+written as a DICOM Part 10 file, pixel data as it came, to ``dicom/<pseudonymous series UID>/
+<pseudonymous SOP Instance UID>.dcm`` (:func:`export_path`): into a pending folder first, moved
+into place once the series' shard is written (:func:`commit_export`).
+
 Policy for damaged series: when any instance of a series is refused, the whole series is
 quarantined (a partial volume would be silently wrong): the bad files with their own reason, the
 others with ``series_incomplete``. No message carries a value from a file.
@@ -25,6 +30,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -61,6 +68,11 @@ __all__ = [
     "process_folder",
     "pending_path",
     "shard_path",
+    "EXPORT_DIR",
+    "export_path",
+    "pending_export_path",
+    "commit_export",
+    "is_done",
 ]
 
 # How files are grouped into series. "scan": a header scan of every file, then one task per group
@@ -87,7 +99,8 @@ class DicomOptions:
     ``spec`` sets window, spacing and shape (``window=None`` keeps raw HU); ``concurrency`` caps
     the parallel tasks (default: the CPUs of the running prep nodes); ``resume`` skips series
     whose shard already exists; ``grouping`` chooses how files are grouped into series (see
-    :data:`GROUPINGS`; the output is the same either way).
+    :data:`GROUPINGS`; the output is the same either way); ``export_dicom`` also writes every
+    de-identified instance as a Part 10 file (:func:`export_path`).
     """
 
     spec: InputSpec = field(default_factory=InputSpec)
@@ -97,6 +110,7 @@ class DicomOptions:
     concurrency: int | None = None
     resume: bool = False
     grouping: str = "auto"
+    export_dicom: bool = False
 
     def __post_init__(self) -> None:
         if self.grouping not in GROUPINGS:
@@ -108,8 +122,12 @@ class DicomOptions:
             "spec": self.spec.to_dict(),
             "retain_dates": self.deid.retain_dates,
             "retain_patient_characteristics": self.deid.retain_patient_characteristics,
+            # The other PS3.15 options only when chosen, so that earlier manifests still resume.
+            **{k: v for k, v in self.deid.to_dict().items()
+               if v and k not in ("retain_dates", "retain_patient_characteristics")},
             "max_pixels": self.max_pixels,
             "allow_modalities": list(self.allow_modalities),
+            **({"export_dicom": True} if self.export_dicom else {}),  # earlier manifests still resume
         }
 
 
@@ -142,6 +160,45 @@ class SeriesResult:
 def shard_path(out: Path, series_uid: str) -> Path:
     """Where a series' shard goes: named by its pseudonymous UID only."""
     return out / VOLUMES_DIR / f"{series_uid}.parquet"
+
+
+EXPORT_DIR = "dicom"
+
+
+def export_path(out: Path, series_uid: str) -> Path:
+    """The folder of a series' de-identified Part 10 files (``export_dicom``), one per instance,
+    each named by its pseudonymous SOP Instance UID."""
+    return out / EXPORT_DIR / series_uid
+
+
+def pending_export_path(out: Path, series_uid: str) -> Path:
+    """Where a series' export is written until its shard is (a hidden ``.tmp`` folder: a new
+    run removes what an interrupted one left)."""
+    return out / EXPORT_DIR / f".{series_uid}.pending.tmp"
+
+
+def commit_export(out: Path, series_uid: str) -> None:
+    """Move a series' pending export into place, replacing an earlier one."""
+    final = export_path(out, series_uid)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(pending_export_path(out, series_uid), final)
+
+
+def is_done(out: Path, series_uid: str, options: DicomOptions) -> bool:
+    """Whether a series is written already (``resume`` skips it): its shard, and its export
+    when ``export_dicom``."""
+    return shard_path(out, series_uid).exists() and (
+        not options.export_dicom or export_path(out, series_uid).is_dir())
+
+
+def _write_instances(datasets: Sequence[Dataset], folder: Path) -> None:
+    """De-identified instances as Part 10 files in ``folder`` (made anew), pixel data as read."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    with silenced_warnings():
+        for ds in datasets:
+            ds.preamble = bytes(128)  # the original's may hold anything (PS3.10 7.1)
+            pydicom.dcmwrite(folder / f"{ds.SOPInstanceUID}.dcm", ds, enforce_file_format=True)
 
 
 def _refusal(path: str, root: Path) -> Quarantined:
@@ -236,7 +293,11 @@ def process_series(root: Path, series_uid: str, paths: Sequence[str], out: Path,
             series.add(path, None, _unreadable(path, e), clock, cpu)
         else:
             series.add(path, ds, None, clock, cpu)
-    return _finish(series, series_uid, shard_path(out, series_uid), key, options)
+    export = pending_export_path(out, series_uid) if options.export_dicom else None
+    result = _finish(series, series_uid, shard_path(out, series_uid), key, options, export)
+    if export is not None and result.written:
+        commit_export(out, series_uid)
+    return result
 
 
 @dataclass(frozen=True)
@@ -295,10 +356,11 @@ def process_folder(root: Path, paths: Sequence[str], out: Path, key: bytes,
     found_series = []
     for (study, series_raw), series in groups.items():
         uid = pseudo_uid(key, series_raw)
-        if options.resume and shard_path(out, uid).exists():
+        if options.resume and is_done(out, uid, options):
             found_series.append(FolderSeries(pseudo_uid(key, study), uid, tuple(series.paths), None, True))
             continue
-        result = _finish(series, uid, pending_path(out, uid), key, options)
+        export = pending_export_path(out, uid) if options.export_dicom else None
+        result = _finish(series, uid, pending_path(out, uid), key, options, export)
         found_series.append(FolderSeries(pseudo_uid(key, study), uid, tuple(series.paths), result))
     return found_series, refused
 
@@ -333,8 +395,10 @@ class _Series:
         self.cpu += time.process_time() - cpu
 
 
-def _finish(series: _Series, series_uid: str, target: Path, key: bytes, options: DicomOptions) -> SeriesResult:
-    """Quarantine or normalise, de-identify and write (to ``target``) a series read in full."""
+def _finish(series: _Series, series_uid: str, target: Path, key: bytes, options: DicomOptions,
+            export: Path | None = None) -> SeriesResult:
+    """Quarantine or normalise, de-identify and write (to ``target``) a series read in full; with
+    ``export``, every instance de-identified and written there as a Part 10 file too."""
     seconds, paths = series.seconds, series.paths
     clock, cpu = time.perf_counter(), time.process_time() - series.cpu
 
@@ -362,12 +426,16 @@ def _finish(series: _Series, series_uid: str, target: Path, key: bytes, options:
         normalised = volume.normalized(options.spec)
         lap("normalise")
         header = deidentify(volume.datasets[0], key, options.deid)  # in place: after decoding
+        if export is not None:  # every instance is written: every one is cleaned
+            for ds in volume.datasets[1:]:
+                deidentify(ds, key, options.deid)
         lap("deid")
     except DicomError as e:
         seconds["cpu"] = time.process_time() - cpu
         return SeriesResult(series_uid, False, len(paths),
                             tuple(Quarantined(p, e.reason, e.message) for p in paths), dict(seconds))
     chars = options.deid.retain_patient_characteristics
+    dates = options.deid.retain_dates or options.deid.retain_full_dates
     # Identifiers come from the de-identified header only: the Volume holds the originals.
     record = VolumeRecord(
         patient_pseudonym=str(header.PatientID),
@@ -375,7 +443,7 @@ def _finish(series: _Series, series_uid: str, target: Path, key: bytes, options:
         series_uid=str(header.SeriesInstanceUID),
         modality=volume.modality,
         body_part=volume.body_part,
-        study_date=_study_date(header) if options.deid.retain_dates else None,
+        study_date=_study_date(header) if dates else None,
         n_instances=volume.n_instances,
         source_shape=volume.shape,
         source_spacing_mm=volume.spacing_mm,
@@ -387,6 +455,9 @@ def _finish(series: _Series, series_uid: str, target: Path, key: bytes, options:
         dicom_header=_header_json(header),
     )
     lap("header")
+    if export is not None:
+        _write_instances(volume.datasets, export)
+        lap("export")
     write_shard(build_table([record], options.spec), target)
     lap("write")
     seconds["cpu"] = time.process_time() - cpu
