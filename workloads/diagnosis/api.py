@@ -19,7 +19,8 @@ its lane's ``queue_timeout_s`` for the model is answered 503 with ``Retry-After`
 time out.
 
 Route scopes: ``POST /v1/diagnose`` needs ``clinic``; ``POST /emergency/v1/diagnose`` needs
-``emergency``; ``GET /v1/models`` needs ``research`` or ``admin``; ``PUT /v1/models/active`` needs
+``emergency``; ``POST /dicomweb/studies`` and ``POST /emergency/dicomweb/studies`` (STOW-RS: the same
+diagnosis, answered with PS3.18's Store Instances Response) need the same scopes; ``GET /v1/models`` needs ``research`` or ``admin``; ``PUT /v1/models/active`` needs
 ``admin``; ``/healthz`` and the OpenAPI docs are open (they hold no data). Every request to a
 ``/v1`` route, refused or not, appends one audit entry.
 """
@@ -43,7 +44,9 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from medray.broker.client import asked_to_step_down, report_queues
 from medray.broker.lanes import InFlight, lane_url
+from medray.dicom.dicomweb import DICOM_JSON, instance_refs, stow_response, stow_status
 from medray.dicom.multipart import DICOM, BodyError, split_body
+from medray.dicom.net import failure_status
 from medray.dicom.volume import read_instance
 from medray.errors import DicomError
 from medray.logs import get_logger
@@ -274,12 +277,14 @@ class _Front:
         finally:
             self._active -= 1
 
-    async def _handle_diagnose(self, request: Request, route: str) -> Response:
-        """Authenticate, read, route and diagnose one study on this ingress's lane; audit; answer."""
+    async def _handle_diagnose(self, request: Request, route: str, *, stow: bool = False) -> Response:
+        """Authenticate, read, route and diagnose one study on this ingress's lane; audit; answer
+        (with ``stow``: a STOW-RS response, :meth:`_stow_answer`)."""
         start = time.perf_counter()
         lane = self._lane
         record = self._new_record(route)
         record["lane"] = lane
+        instances: list[bytes] = []
         try:
             self._authorize(request, (LANE_SCOPES[lane],), record)
             body = await _read_body(request, self._args.max_body_bytes)
@@ -309,6 +314,8 @@ class _Front:
         except BodyError as e:
             return self._reject(record, start, _Reject(e.status, e.reason, e.message))
         except DicomError as e:
+            if stow and instances:
+                return self._stow_answer(record, start, instances, failure=e.reason)
             return self._reject(record, start, _Reject(REASON_STATUS[e.reason], e.reason, e.message))
         except (BackPressureError, DeploymentUnavailableError) as e:
             return self._reject(record, start, _Reject(
@@ -328,11 +335,25 @@ class _Front:
         study, finding = response["study"], response["finding"]
         record.update(model=result["model"], study_ref=study["study_ref"], series_ref=study["series_ref"],
                       outcome=finding["label"], probability=finding["probability"], instances=study["instances"])
+        if stow:
+            return self._stow_answer(record, start, instances)
         if FHIR_JSON in request.headers.get("accept", ""):
             issued = datetime.now(timezone.utc).isoformat(timespec="seconds")
             report = diagnostic_report(response, report_id=record["request_id"], issued=issued)
             return self._finish(record, start, 200, report, media_type=FHIR_JSON)
         return self._finish(record, start, 200, response)
+
+    def _stow_answer(self, record: dict[str, Any], start: float, instances: list[bytes],
+                     failure: str | None = None) -> Response:
+        """The STOW-RS response (PS3.18 10.5.3) of a series diagnosed (every instance processed) or
+        refused for its DICOM content (``failure``: every instance failed, 409). It references the
+        instances by the sender's own UIDs, to the sender only: they are not audited or logged."""
+        refs = instance_refs(instances)
+        if failure is not None:
+            record["outcome"] = failure
+            body = stow_response([], [(*ref, failure_status(failure)) for ref in refs])
+            return self._finish(record, start, stow_status(0, len(refs)), body, media_type=DICOM_JSON)
+        return self._finish(record, start, stow_status(len(refs), 0), stow_response(refs), media_type=DICOM_JSON)
 
     def _health(self) -> dict[str, Any]:
         return {"status": "ok", "lane": self._lane, "catalog_version": self._engine.catalog_version,
@@ -363,6 +384,13 @@ class DiagnosisAPI(_Front):
             record.update(lane="emergency", outcome="redirected")
             return self._finish(record, start, 307, None, {"Location": lane_url("emergency", "/v1/diagnose")})
         return await self._handle_diagnose(request, "POST /v1/diagnose")
+
+    @fastapi_app.post("/dicomweb/studies", openapi_extra=_DICOM_BODY, responses={**_ERRORS, 200: {"content": {DICOM_JSON: {}}},
+                                                                             409: {"content": {DICOM_JSON: {}}}},
+                      summary="STOW-RS (PS3.18 10.5): diagnose a series, answer the Store Instances Response "
+                              "(scope: clinic)")
+    async def stow(self, request: Request) -> Response:
+        return await self._handle_diagnose(request, "POST /dicomweb/studies", stow=True)
 
     @fastapi_app.get("/v1/models", responses=_ERRORS,
                      summary="Registered models, the active routing table and loaded models (scope: research or admin)")
@@ -411,6 +439,12 @@ class EmergencyAPI(_Front):
                                 summary="Diagnose one DICOM instance or series, emergency lane (scope: emergency)")
     async def diagnose(self, request: Request) -> Response:
         return await self._handle_diagnose(request, "POST /emergency/v1/diagnose")
+
+    @emergency_fastapi_app.post("/dicomweb/studies", openapi_extra=_DICOM_BODY,
+                                responses={**_ERRORS, 200: {"content": {DICOM_JSON: {}}}, 409: {"content": {DICOM_JSON: {}}}},
+                                summary="STOW-RS, emergency lane (scope: emergency)")
+    async def stow(self, request: Request) -> Response:
+        return await self._handle_diagnose(request, "POST /emergency/dicomweb/studies", stow=True)
 
     @emergency_fastapi_app.get("/healthz", summary="Liveness of the emergency lane (open)")
     async def healthz(self) -> dict[str, Any]:

@@ -29,7 +29,8 @@ from medray.dicom.quiet import quiet_pydicom, silenced_warnings
 from medray.errors import DicomError, MedrayError
 from medray.logs import get_logger
 
-__all__ = ["STATUS", "Received", "accepted_syntaxes", "StoreRefused", "StoreSCP", "SeriesCollector", "store_instances"]
+__all__ = ["STATUS", "Received", "accepted_syntaxes", "failure_status", "StoreRefused", "StoreSCP", "SeriesCollector",
+           "store_instances"]
 
 log = get_logger("dicom.net")
 
@@ -71,6 +72,12 @@ class Received:
     def series_key(self) -> tuple[str, str, str]:
         """(called AE title, StudyInstanceUID, SeriesInstanceUID): what :class:`SeriesCollector` groups by."""
         return self.called_aet, str(self.header.StudyInstanceUID), str(self.header.SeriesInstanceUID)
+
+
+def failure_status(reason: str) -> int:
+    """The C-STORE status (also a STOW-RS Failure Reason) of a DicomError ``reason``: 0xC000 for
+    bytes that are not a usable DICOM dataset, 0xA900 for any other unusable instance."""
+    return STATUS["cannot_understand" if reason in _UNDECODABLE else "dataset_mismatch"]
 
 
 def _header(data: bytes, sop_class: UID) -> Dataset:
@@ -148,7 +155,7 @@ class StoreSCP:
         except StoreRefused as e:
             return e.status
         except DicomError as e:
-            return STATUS["cannot_understand" if e.reason in _UNDECODABLE else "dataset_mismatch"]
+            return failure_status(e.reason)
         except Exception as e:  # a bug in the receiver must not end the association thread badly
             log.error("C-STORE handler failed: %s", type(e).__name__)
             return STATUS["processing_failure"]

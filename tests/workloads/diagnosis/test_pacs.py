@@ -6,12 +6,14 @@ import io
 import json
 import time
 
+import httpx
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from medray.dicom.multipart import encode_series
 from medray.dicom.net import STATUS, store_instances
 from medray.errors import DicomError
 from medray.security.tokens import add_client
@@ -48,7 +50,7 @@ def gateway(ray_cluster, service_dir, orthanc):
         "archive": {"host": "127.0.0.1", "port": orthanc.dicom_port, "aet": orthanc.aet},
     }, name="test-dicom-gateway", num_cpus=0)
     host, port = ray.get(actor.address.remote())
-    yield actor, host, port, root
+    yield actor, host, port, root, url, token_file.read_text()
     ray.get(actor.stop.remote())
     ray.kill(actor)
     stop_local()
@@ -76,7 +78,7 @@ def test_orthanc_answers_echo_and_dicomweb(orthanc):
 
 
 def test_a_ct_stored_into_medray_comes_back_to_the_pacs_as_an_sr(gateway, orthanc):
-    actor, host, port, root = gateway
+    actor, host, port, root, _, _ = gateway
     before = len(_outcomes(actor, 0))
     series = _datasets(_dicom.series(20, body_part="CHEST"))
     assert store_instances(series, host=host, port=port, called_aet="MEDRAY", calling_aet="CT_SCANNER") == [0] * 20
@@ -112,7 +114,7 @@ def test_a_ct_stored_into_medray_comes_back_to_the_pacs_as_an_sr(gateway, orthan
 
 
 def test_the_emergency_ae_title_routes_to_the_emergency_lane(gateway):
-    actor, host, port, _ = gateway
+    actor, host, port, *_ = gateway
     before = len(_outcomes(actor, 0))
     head = _datasets(_dicom.series(4, body_part="HEAD"))
     for ds in head:
@@ -124,7 +126,7 @@ def test_the_emergency_ae_title_routes_to_the_emergency_lane(gateway):
 
 
 def test_bad_input_gets_dicom_statuses_and_the_gateway_goes_on(gateway):
-    actor, host, port, _ = gateway
+    actor, host, port, *_ = gateway
     before = len(_outcomes(actor, 0))
     no_pixels = pydicom.dcmread(io.BytesIO(_dicom.ct_slice(drop_pixels=True, instance=50)))
     # Over the gateway's max_instance_pixels (512 x 512), refused before anything is decoded.
@@ -140,3 +142,26 @@ def test_bad_input_gets_dicom_statuses_and_the_gateway_goes_on(gateway):
     assert store_instances(mr, host=host, port=port, called_aet="MEDRAY") == [0, 0]
     (outcome,) = _outcomes(actor, before + 1)[before:]
     assert (outcome["status"], outcome["reason"]) == (422, "unsupported_modality") and "sr_uid" not in outcome
+
+
+def test_stow_rs_answers_the_store_instances_response(gateway):
+    *_, url, token = gateway
+    auth = {"Authorization": f"Bearer {token}"}
+    series = _datasets(_dicom.series(4, body_part="CHEST"))
+    answer = DICOMwebClient(f"{url}/dicomweb", headers=auth).store_instances(series)
+    assert [r.ReferencedSOPInstanceUID for r in answer.ReferencedSOPSequence] == [ds.SOPInstanceUID for ds in series]
+    assert {r.ReferencedSOPClassUID for r in answer.ReferencedSOPSequence} == {pydicom.uid.CTImageStorage}
+    assert "FailedSOPSequence" not in answer
+    head = _datasets(_dicom.series(2, body_part="HEAD"))
+    assert len(DICOMwebClient(f"{url}/emergency/dicomweb", headers=auth).store_instances(head).ReferencedSOPSequence) == 2
+
+    # A series that cannot be diagnosed: 409, every instance failed with its C-STORE status.
+    body, content_type = encode_series([_dicom.ct_slice(drop_pixels=True), _dicom.ct_slice(6.0, instance=2)])
+    r = httpx.post(f"{url}/dicomweb/studies", content=body, headers={**auth, "Content-Type": content_type,
+                                                                        "Accept": "application/dicom+json"})
+    assert (r.status_code, r.headers["content-type"]) == (409, "application/dicom+json")
+    failed = pydicom.Dataset.from_json(r.json()).FailedSOPSequence
+    assert [(f.ReferencedSOPInstanceUID, f.FailureReason) for f in failed] == [
+        (f"{_dicom.SERIES_UID}.1", STATUS["dataset_mismatch"]), (f"{_dicom.SERIES_UID}.2", STATUS["dataset_mismatch"])]
+    # Without a token: the service's own 401, as on every route.
+    assert httpx.post(f"{url}/dicomweb/studies", content=body, headers={"Content-Type": content_type}).status_code == 401
