@@ -7,19 +7,25 @@ joins with the images, not Safe Harbor; see :mod:`medray.privacy.emr`).
 or :func:`preprocess_emr` from a notebook. Every ``.parquet`` / ``.csv`` file under IN is one
 table part: ``IN/labs.csv`` is table ``labs``, ``IN/labs/2024-01.parquet`` a part of it. Each part
 is one task on a prep node that applies :func:`medray.privacy.emr.deidentify_table` (pyarrow
-compute, no per-row Python) and writes ``OUT/<same path>.parquet``. Column roles come from the
-mapping (default: the synthetic cohort's, :meth:`EmrMapping.default`); tables it does not name are
-skipped, columns it does not name are dropped. Under ``longitudinal``, ``patient_pseudonym`` equals
+compute, no per-row Python but for notes) and writes ``OUT/<table>.parquet`` (a part at the top of IN)
+or ``OUT/<table>/<file id>.parquet`` (a part in a table folder: sub-folder and file names of real
+exports may hold patient names, so parts are named by a keyed hash of their path,
+:func:`workloads.preprocess.runs.file_id`, in outputs, the manifest and logs alike). Column roles come
+from the mapping (default: the synthetic cohort's, :meth:`EmrMapping.default`); parts of tables it
+does not name are skipped and reported by file id, columns it does not name are dropped. Columns
+mapped as ``note`` are scrubbed (:mod:`medray.privacy.notes`) with a name dictionary that adds the
+words of every ``name`` column of the run (the driver reads those columns first). Under ``longitudinal``, ``patient_pseudonym`` equals
 the DICOM pipeline's PatientID pseudonym, so the outputs join on it; under ``safe_harbor`` it is a
 random code from the crosswalk file (``--crosswalk``, kept with the key), which the driver fills from
 every table's identifiers before the tasks start, so codes agree across tables and exports.
 ``OUT/manifest.json`` records the key id, the mapping with its profile, the rule the profile
-implements and per-table counts.
+implements, per-part counts and, where notes were scrubbed, the scrubber, its version and what it found.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -43,11 +49,14 @@ from medray.privacy.emr import (
     deidentify_table,
     identifier_kinds,
     identifier_values,
+    name_values,
 )
+from medray.privacy.notes import scrubber_for, scrubber_info
 from medray.privacy.pseudonym import key_id, load_key
 from medray.scheduling.load import current_node_type
 from workloads.preprocess.runs import (
     default_concurrency,
+    file_id,
     list_files,
     map_options,
     pipeline_parser,
@@ -57,24 +66,25 @@ from workloads.preprocess.runs import (
     write_manifest,
 )
 
-__all__ = ["EMR_FORMAT_VERSION", "EmrSummary", "preprocess_emr", "main"]
+__all__ = ["EMR_FORMAT_VERSION", "EmrSummary", "part_name", "preprocess_emr", "main"]
 
 PIPELINE = "workloads.preprocess.emr"
-EMR_FORMAT_VERSION = 1
+EMR_FORMAT_VERSION = 2
 _SUFFIXES = (".parquet", ".csv")
 _log = get_logger("preprocess.emr")
 
 _RESULT_SCHEMA = pa.schema([
-    ("path", pa.string()), ("output", pa.string()), ("table", pa.string()),
+    ("part", pa.string()), ("output", pa.string()), ("table", pa.string()),
     ("rows_in", pa.int64()), ("rows_out", pa.int64()), ("rows_without_patient_id", pa.int64()),
-    ("unmapped_dropped", pa.list_(pa.string())), ("error", pa.string()),
+    ("unmapped_dropped", pa.list_(pa.string())), ("notes_found", pa.string()), ("error", pa.string()),
     ("node_type", pa.string()), ("seconds", pa.float64()),
 ])
 
 
 @dataclass(frozen=True)
 class EmrSummary:
-    """What a run did, per table part (counts and column names only)."""
+    """What a run did, per table part (named as :func:`part_name` says; counts and column names only);
+    ``skipped``: the file ids of the parts no table mapping names."""
 
     output: Path
     parts: list[dict[str, Any]]
@@ -84,7 +94,7 @@ class EmrSummary:
 
     @property
     def failed(self) -> dict[str, str]:
-        return {p["path"]: p["error"] for p in self.parts if p["error"]}
+        return {p["part"]: p["error"] for p in self.parts if p["error"]}
 
     @property
     def rows_out(self) -> int:
@@ -93,10 +103,11 @@ class EmrSummary:
     def table(self) -> str:
         """The final summary table printed by the CLI."""
         rows: list[tuple[str, Any]] = [
-            (p["path"], f"{p['rows_out']} rows" if not p["error"] else f"FAILED: {p['error']}")
+            (p["part"], f"{p['rows_out']} rows" if not p["error"] else f"FAILED: {p['error']}")
             for p in self.parts
         ]
-        rows += [(f"{s} (no mapping)", "skipped") for s in self.skipped]
+        if self.skipped:
+            rows.append(("parts without a mapping", f"{len(self.skipped)} skipped (file ids in the manifest)"))
         rows += [("rows out", self.rows_out),
                  ("by node type", ", ".join(f"{k}={v}" for k, v in sorted(self.node_types.items())) or "-"),
                  ("seconds", f"{self.seconds:.1f}")]
@@ -107,6 +118,13 @@ def _table_name(path: str) -> str:
     """``labs.csv`` -> ``labs``; ``labs/2024-01.parquet`` -> ``labs``."""
     parts = PurePosixPath(path).parts
     return parts[0] if len(parts) > 1 else PurePosixPath(path).stem
+
+
+def part_name(key: bytes, path: str) -> str:
+    """How outputs, the manifest and logs name the part at ``path``: ``labs.csv`` as it is (its stem
+    is a mapped table's name), ``labs/<any path>`` as ``labs/<file id>``."""
+    parts = PurePosixPath(path).parts
+    return path if len(parts) == 1 else f"{parts[0]}/{file_id(key, path)}"
 
 
 def _read(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -126,26 +144,30 @@ def _read(path: Path, columns: list[str] | None = None) -> pa.Table:
 
 
 def _emr_batch(batch: pa.Table, root: str, out: str, key: bytes, mapping: EmrMapping,
-               codes: dict[str, dict[str, str]] | None) -> pa.Table:
+               codes: dict[str, dict[str, str]] | None, names: tuple[str, ...]) -> pa.Table:
     node = current_node_type()
     crosswalk = Crosswalk.from_codes(codes, key) if codes is not None else None
     rows = []
     for path in batch.column("path").to_pylist():
         start = time.perf_counter()
         name = _table_name(path)
-        output = PurePosixPath(path).with_suffix(".parquet").as_posix()
-        row: dict[str, Any] = {"path": path, "output": output, "table": name, "rows_in": 0,
+        part = part_name(key, path)
+        output = PurePosixPath(part).with_suffix(".parquet").as_posix()
+        row: dict[str, Any] = {"part": part, "output": output, "table": name, "rows_in": 0,
                                "rows_out": 0, "rows_without_patient_id": 0,
-                               "unmapped_dropped": [], "error": None, "node_type": node}
+                               "unmapped_dropped": [], "notes_found": None, "error": None, "node_type": node}
         try:
             table = _read(Path(root) / path)
-            result = deidentify_table(table, mapping.tables[name], key,
+            table_mapping = mapping.tables[name]
+            scrubber = scrubber_for(names) if "note" in table_mapping.columns.values() else None
+            result = deidentify_table(table, table_mapping, key,
                                       age_reference_date=mapping.age_reference_date,
-                                      profile=mapping.profile, crosswalk=crosswalk)
+                                      profile=mapping.profile, crosswalk=crosswalk, scrubber=scrubber)
             write_parquet(result.table, Path(out) / output)
             row.update(rows_in=result.rows_in, rows_out=result.table.num_rows,
                        rows_without_patient_id=result.rows_without_patient_id,
-                       unmapped_dropped=list(result.unmapped_dropped))
+                       unmapped_dropped=list(result.unmapped_dropped),
+                       notes_found=json.dumps(result.notes_found) if scrubber else None)
         except ConfigError as e:  # messages name columns and roles, never values
             row["error"] = str(e)
         except Exception as e:
@@ -156,19 +178,30 @@ def _emr_batch(batch: pa.Table, root: str, out: str, key: bytes, mapping: EmrMap
     return pa.Table.from_pylist(rows, schema=_RESULT_SCHEMA)
 
 
-def _fill_crosswalk(crosswalk: Crosswalk, root: Path, files: list[str], mapping: EmrMapping) -> None:
-    """Codes for every identifier of every mapped table part (only those columns are read)."""
+def _read_ahead(root: Path, files: list[str], mapping: EmrMapping, key: bytes,
+                crosswalk: Crosswalk | None, with_names: bool) -> set[str]:
+    """Before the tasks: codes in ``crosswalk`` for every identifier of every mapped part, and the
+    words of every ``name`` column when ``with_names`` (only those columns are read)."""
+    names: set[str] = set()
     for f in files:
         table_mapping = mapping.tables[_table_name(f)]
+        wanted = list(identifier_kinds(table_mapping)) if crosswalk is not None else []
+        if with_names:
+            wanted += [c for c, role in table_mapping.columns.items() if role == "name"]
+        if not wanted:
+            continue
         try:
-            table = _read(root / f, columns=list(identifier_kinds(table_mapping)))
-            values = identifier_values(table, table_mapping)
+            table = _read(root / f, columns=wanted)
+            values = identifier_values(table, table_mapping) if crosswalk is not None else {}
+            names |= name_values(table, table_mapping) if with_names else set()
         except Exception as e:  # the task reports the part; a parse error could quote a row
-            _log.warning("%s: cannot read its identifiers (%s)", f, type(e).__name__)
+            _log.warning("%s: cannot read its identifiers or names (%s)", part_name(key, f), type(e).__name__)
             continue
         for kind, ids in values.items():
             crosswalk.add(ids, kind)
-    crosswalk.save()
+    if crosswalk is not None:
+        crosswalk.save()
+    return names
 
 
 def preprocess_emr(input: str | Path, output: str | Path, *, key: bytes,
@@ -191,17 +224,20 @@ def preprocess_emr(input: str | Path, output: str | Path, *, key: bytes,
     concurrency = concurrency or default_concurrency(chosen)
     files = [f for f in list_files(root) if PurePosixPath(f).suffix in _SUFFIXES]
     mapped = [f for f in files if _table_name(f) in mapping.tables]
-    skipped = sorted({_table_name(f) for f in files} - set(mapping.tables))
+    skipped = sorted(file_id(key, f) for f in files if _table_name(f) not in mapping.tables)
     if skipped:
-        _log.warning("no mapping for tables %s: not written (add them to the mapping)", skipped)
-    codes = None
+        _log.warning("%d table parts have no mapping: not written (their file ids are in the manifest; "
+                     "workloads.preprocess.runs.locate_files finds them; add their tables to the mapping)",
+                     len(skipped))
+    walk = None
     if mapping.profile == "safe_harbor":
         if crosswalk is None:
             raise ConfigError("the safe_harbor profile takes its record codes from a crosswalk file kept with "
                               "the key: pass --crosswalk FILE (created on first use)")
         walk = Crosswalk(crosswalk, key)
-        _fill_crosswalk(walk, root, mapped, mapping)
-        codes = walk.snapshot()
+    with_notes = {_table_name(f) for f in mapped if "note" in mapping.tables[_table_name(f)].columns.values()}
+    names = _read_ahead(root, mapped, mapping, key, walk, bool(with_notes))
+    codes = walk.snapshot() if walk is not None else None
     previous = read_manifest(out) or {}
     for stale in previous.get("outputs", []):  # a fresh run replaces the previous run's files
         (out / stale).unlink(missing_ok=True)
@@ -212,11 +248,11 @@ def preprocess_emr(input: str | Path, output: str | Path, *, key: bytes,
                                                         override_num_blocks=len(mapped)))
         work = work.map_batches(_emr_batch, batch_format="pyarrow", batch_size=1,
                                 fn_kwargs={"root": str(root), "out": str(out), "key": key,
-                                           "mapping": mapping, "codes": codes},
+                                           "mapping": mapping, "codes": codes, "names": tuple(sorted(names))},
                                 **map_options(chosen, min(concurrency, len(mapped))))
         for batch in work.iter_batches(batch_format="pyarrow", batch_size=None):
             parts += batch.to_pylist()
-    parts.sort(key=lambda p: p["path"])
+    parts.sort(key=lambda p: p["part"])
     seconds = time.perf_counter() - t0
     summary = EmrSummary(output=out, parts=parts, skipped=skipped, seconds=seconds,
                          node_types=dict(Counter(p["node_type"] for p in parts)))
@@ -226,10 +262,13 @@ def preprocess_emr(input: str | Path, output: str | Path, *, key: bytes,
         "key_id": key_id(key),
         "mapping": mapping.to_dict(),
         "profile": {"name": mapping.profile, "rule": PROFILE_RULES[mapping.profile]},
-        "tables": {p["path"]: {k: p[k] for k in ("table", "output", "rows_in", "rows_out",
+        "tables": {p["part"]: {k: p[k] for k in ("table", "output", "rows_in", "rows_out",
                                                   "rows_without_patient_id", "unmapped_dropped",
                                                   "error")} for p in parts},
-        "skipped_tables": skipped,
+        "notes": {"scrubber": scrubber_info(len(names)),
+                  "found": {p["part"]: json.loads(p["notes_found"]) for p in parts if p["notes_found"]}}
+        if with_notes else None,
+        "skipped_parts": skipped,
         "outputs": [p["output"] for p in parts if not p["error"]],
         "run": {"seconds": round(seconds, 3), "node_types": summary.node_types,
                 "worker_seconds": round(math.fsum(p["seconds"] for p in parts), 3)},

@@ -1,7 +1,9 @@
 """What the DICOM and EMR pipelines share: placement, input listing, quarantine, manifest.
 
-Everything written here is free of PHI by construction: paths relative to the input (the
-pipelines' own file names are pseudonymous), reason codes, counts, option values and timings.
+Everything written here is free of PHI by construction: input files named by a keyed hash of their
+path (:func:`file_id`; folder names of real exports often hold patient names), reason codes,
+counts, option values and timings. Whoever holds the key finds the files again with
+:func:`locate_files`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pyarrow as pa
 from medray.cluster.node_types import ROLE_LABEL
 from medray.data.shards import write_parquet
 from medray.errors import ConfigError
+from medray.privacy.pseudonym import pseudonym
 from medray.scheduling.load import live_nodes, require_running
 from medray.scheduling.options import place
 from medray.scheduling.placement import Placement, WorkloadProfile
@@ -32,7 +35,10 @@ __all__ = [
     "MANIFEST",
     "QUARANTINE",
     "QUARANTINE_SCHEMA",
+    "QUARANTINE_FILE_SCHEMA",
     "Quarantined",
+    "file_id",
+    "locate_files",
     "placement",
     "default_concurrency",
     "map_options",
@@ -47,16 +53,38 @@ __all__ = [
 PREP_PROFILE = WorkloadProfile(roles=("prep", "infer", "train"), num_cpus=1.0, storage="nvme")
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.parquet"
+# A quarantine record as the pipelines pass it between tasks (the path never leaves the cluster) ...
 QUARANTINE_SCHEMA = pa.schema([
     pa.field("path", pa.string(), nullable=False),
     pa.field("reason", pa.string(), nullable=False),
     pa.field("message", pa.string(), nullable=False),
 ])
+# ... and as quarantine.parquet holds it: the file by its keyed id.
+QUARANTINE_FILE_SCHEMA = pa.schema([
+    pa.field("file_id", pa.string(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("message", pa.string(), nullable=False),
+])
+
+
+def file_id(key: bytes, path: str) -> str:
+    """The name an output, a log or a quarantine record gives the input file at ``path`` (relative to
+    the input root): a keyed hash (HMAC-SHA256, :func:`medray.privacy.pseudonym.pseudonym`) that
+    reveals nothing of a path holding a patient's name."""
+    return "f-" + pseudonym(key, path, kind="input-file")
+
+
+def locate_files(root: str | Path, key: bytes, ids: Iterable[str]) -> dict[str, str]:
+    """File id -> path relative to ``root`` for each of ``ids`` found under ``root`` (for whoever holds
+    the key and the input: to look at a quarantined file)."""
+    wanted = set(ids)
+    return {i: p for p in list_files(root) if (i := file_id(key, p)) in wanted}
 
 
 @dataclass(frozen=True, order=True)
 class Quarantined:
-    """One refused input file: its path relative to the input root, a reason code, a PHI-free message."""
+    """One refused input file: its path relative to the input root (kept inside the run: written
+    as its :func:`file_id`), a reason code, a PHI-free message."""
 
     path: str
     reason: str
@@ -149,14 +177,22 @@ def list_files(root: str | Path) -> list[str]:
     return sorted(found)
 
 
-def write_quarantine(records: Iterable[Quarantined], path: Path) -> None:
-    """``quarantine.parquet``: one row per refused file, sorted by path (deterministic)."""
-    rows = sorted(records)
-    table = pa.table(
-        [pa.array([getattr(r, f.name) for r in rows], f.type) for f in QUARANTINE_SCHEMA],
-        schema=QUARANTINE_SCHEMA,
-    )
-    write_parquet(table, path)
+def write_quarantine(records: Iterable[Quarantined], path: Path, key: bytes | None = None) -> None:
+    """``quarantine.parquet``: one row per refused file (:data:`QUARANTINE_FILE_SCHEMA`, the file by its
+    :func:`file_id` under ``key``), sorted by id (deterministic).
+
+    Without ``key`` the rows keep the relative path (:data:`QUARANTINE_SCHEMA`): the DICOM pipeline's
+    call until it passes its key (issue 16.6).
+    """
+    if key is None:
+        rows = sorted(records)
+        columns = [[r.path for r in rows], [r.reason for r in rows], [r.message for r in rows]]
+        schema = QUARANTINE_SCHEMA
+    else:
+        named = sorted((file_id(key, r.path), r.reason, r.message) for r in records)
+        columns = [list(c) for c in zip(*named)] if named else [[], [], []]
+        schema = QUARANTINE_FILE_SCHEMA
+    write_parquet(pa.table([pa.array(c, f.type) for c, f in zip(columns, schema)], schema=schema), path)
 
 
 def read_manifest(out: Path) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from medray.data.notes import write_notes
 from medray.data.people import PHYSICIANS, Patient
 
 __all__ = ["EmrTables", "draw_emr", "write_emr"]
@@ -134,7 +135,8 @@ def _draw_diagnoses(rng: np.random.Generator, p: Patient, visits: list[dict]) ->
 
 
 def write_emr(emr_dir: Path, cohort: list[Patient], emr: EmrTables) -> None:
-    """patients.parquet, encounters.parquet, labs.csv and diagnoses.csv under ``emr_dir``."""
+    """patients.parquet, encounters.parquet, labs.csv, diagnoses.csv and notes.parquet (clinical notes
+    with planted PHI, :mod:`medray.data.notes`) under ``emr_dir``."""
     emr_dir.mkdir()
     people = [{"mrn": p.mrn, "first_name": p.first, "last_name": p.last,
                "birth_date": p.birth_date, "sex": p.sex, "street_address": p.street,
@@ -146,3 +148,4 @@ def write_emr(emr_dir: Path, cohort: list[Patient], emr: EmrTables) -> None:
     pq.write_table(emr.encounters, emr_dir / "encounters.parquet")
     pa_csv.write_csv(emr.labs, emr_dir / "labs.csv")
     pa_csv.write_csv(emr.diagnoses, emr_dir / "diagnoses.csv")
+    write_notes(emr_dir / "notes.parquet", cohort, emr.encounters)

@@ -1,7 +1,7 @@
 """EMR de-identification by column role under a named profile, vectorised with pyarrow compute.
 
 Each column of a table gets a **role** from a small declarative mapping (YAML or JSON, see
-:class:`EmrMapping`); nothing is decided per row in Python. Keyed and random codes are computed
+:class:`EmrMapping`); nothing is decided per row in Python but the scrubbing of notes. Keyed and random codes are computed
 once per distinct value (an MRN, an encounter ID), never per row. The mapping names its
 **profile** (:data:`PROFILES`), which decides what the identifying roles become:
 
@@ -22,9 +22,16 @@ birth_date the birth year, null over 89; adds      shifted like a date, null ove
 keep       kept as is (the explicit allow-list)    the same
 remove     dropped (names, street, city, phone, fax, email, SSN, plan and account numbers,
            licences, vehicle and device IDs, URLs, IPs, biometrics, photos)
+name       dropped like ``remove``; its values (person names) join the dictionary the notes are
+           scrubbed with (both)
+note       scrubbed text (:mod:`medray.privacy.    scrubbed the same, but its dates shifted by
+           notes`, Presidio): names, phone/fax,    the patient's offset
+           e-mail, SSN, MRN and other numbers,
+           URLs, IPs, addresses -> placeholders,
+           ages over 89 -> "90+", dates -> year
 age        ages as text, those over 89 grouped as "90+" (both profiles)
 zip        the first three digits; the 17 ZIP3 areas of fewer than 20,000 people -> "000" (both)
-free_text  dropped: free text cannot be cleaned by column rules (both)
+free_text  dropped (both): text that is not worth scrubbing
 ========== ======================================= ===========================================
 
 ``safe_harbor`` implements HIPAA Safe Harbor (45 CFR 164.514(b)(2)): the 18 identifiers removed
@@ -41,6 +48,7 @@ Columns the mapping does not name are dropped (and reported), whatever their typ
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -54,6 +62,7 @@ from medray.data.shards import PATIENT_PSEUDONYM
 from medray.errors import ConfigError
 from medray.logs import get_logger
 from medray.privacy.crosswalk import Crosswalk
+from medray.privacy.notes import NoteScrubber, name_words
 from medray.privacy.pseudonym import date_shifts, pseudonyms
 
 __all__ = [
@@ -71,6 +80,7 @@ __all__ = [
     "deidentify_table",
     "identifier_kinds",
     "identifier_values",
+    "name_values",
 ]
 
 MAX_AGE_YEARS = 89
@@ -78,8 +88,8 @@ OLDEST_AGE_GROUP = "90+"
 # ZIP3 areas with fewer than 20,000 inhabitants (2000 Census), which Safe Harbor says to zero.
 RESTRICTED_ZIP3 = frozenset({"036", "059", "063", "102", "203", "556", "692", "790", "821", "823",
                              "830", "831", "878", "879", "884", "890", "893"})
-ROLES = ("patient_id", "keep", "remove", "pseudonym", "date", "birth_date", "age", "zip",
-         "free_text")
+ROLES = ("patient_id", "keep", "remove", "name", "pseudonym", "date", "birth_date", "age", "zip",
+         "note", "free_text")
 AGE_COLUMN = "age"
 PROFILES = ("safe_harbor", "longitudinal")
 # What each profile implements, as written into the outputs' manifests.
@@ -213,19 +223,22 @@ _SYNTH_MAPPING: dict[str, Any] = {
     "age_reference_date": "2024-01-01",
     "tables": {
         "patients": {"patient_id": "mrn", "columns": {
-            "first_name": "remove", "last_name": "remove", "birth_date": "birth_date",
+            "first_name": "name", "last_name": "name", "birth_date": "birth_date",
             "sex": "keep", "street_address": "remove", "city": "remove", "state": "keep",
             "zip": "zip", "phone": "remove", "email": "remove", "ssn": "remove",
             "insurance_plan_id": "remove", "account_number": "remove"}},
         "encounters": {"patient_id": "mrn", "columns": {
             "encounter_id": "pseudonym", "admit_date": "date", "discharge_date": "date",
-            "department": "keep", "attending_physician": "remove", "note": "free_text"}},
+            "department": "keep", "attending_physician": "name", "note": "note"}},
         "labs": {"patient_id": "mrn", "columns": {
             "encounter_id": "pseudonym", "loinc_code": "keep", "test_name": "keep",
             "value": "keep", "unit": "keep", "collected_at": "date"}},
         "diagnoses": {"patient_id": "mrn", "columns": {
             "encounter_id": "pseudonym", "icd10_code": "keep", "description": "keep",
             "diagnosed_at": "date"}},
+        "notes": {"patient_id": "mrn", "columns": {
+            "note_id": "pseudonym", "encounter_id": "pseudonym", "written_at": "date", "note_type": "keep",
+            "author": "name", "text": "note"}},
     },
 }
 
@@ -239,6 +252,7 @@ class TableResult:
     rows_without_patient_id: int
     roles: dict[str, str]
     unmapped_dropped: tuple[str, ...]
+    notes_found: dict[str, int] = field(default_factory=dict)
 
 
 # --- Column transforms -----------------------------------------------------------------------
@@ -364,13 +378,38 @@ def identifier_values(table: pa.Table, mapping: TableMapping) -> dict[str, list[
     return {kind: pc.unique(pc.cast(v, pa.string())).drop_null().to_pylist() for kind, v in values.items()}
 
 
+def name_values(table: pa.Table, mapping: TableMapping) -> set[str]:
+    """The words of the person names in ``table``'s ``name`` columns (the notes' own dictionary)."""
+    columns = [c for c, role in mapping.columns.items() if role == "name" and c in table.column_names]
+    return name_words(v for c in columns for v in pc.unique(pc.cast(table[c], pa.string())).to_pylist())
+
+
+def _scrub_notes(values: pa.ChunkedArray, scrubber: NoteScrubber, profile: str, days: pa.Array | None,
+                 found: Counter[str], column: str) -> pa.Array:
+    """Each note scrubbed (nulls stay null); ``found`` counts what was replaced."""
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        raise ConfigError(f"column {column!r} has role note but type {values.type}: notes are text")
+    shifts = days.to_pylist() if days is not None else [None] * len(values)
+    out = []
+    for text, shift in zip(values.to_pylist(), shifts):
+        if text is None:
+            out.append(None)
+            continue
+        scrubbed = scrubber.scrub(text, profile=profile, shift_days=shift)
+        found.update(scrubbed.found)
+        out.append(scrubbed.text)
+    return pa.array(out, pa.string())
+
+
 def deidentify_table(table: pa.Table, mapping: TableMapping, key: bytes, *,
                      age_reference_date: date, profile: str = "longitudinal",
-                     crosswalk: Crosswalk | None = None) -> TableResult:
+                     crosswalk: Crosswalk | None = None, scrubber: NoteScrubber | None = None) -> TableResult:
     """De-identify one table by its column roles under ``profile`` (see the module docstring).
 
     ``safe_harbor`` takes its record codes from ``crosswalk``, which must hold every identifier of
-    the table (:meth:`Crosswalk.add` each of :func:`identifier_values`).
+    the table (:meth:`Crosswalk.add` each of :func:`identifier_values`). ``note`` columns are
+    scrubbed by ``scrubber`` (default: one whose dictionary adds this table's :func:`name_values`;
+    build one for many tables, it takes seconds).
     """
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}: use one of {list(PROFILES)}")
@@ -391,6 +430,9 @@ def deidentify_table(table: pa.Table, mapping: TableMapping, key: bytes, *,
     columns: list[pa.Array | pa.ChunkedArray] = [patient]
     roles: dict[str, str] = {}
     unmapped = []
+    found: Counter[str] = Counter()
+    if scrubber is None and "note" in mapping.columns.values():
+        scrubber = NoteScrubber(name_values(table, mapping))
     for name in table.column_names:
         if name == mapping.patient_id:
             continue
@@ -400,7 +442,7 @@ def deidentify_table(table: pa.Table, mapping: TableMapping, key: bytes, *,
             continue
         roles[name] = role
         values = table[name]
-        if role in ("remove", "free_text"):
+        if role in ("remove", "name", "free_text"):
             continue
         if role == "keep":
             out = values
@@ -412,6 +454,8 @@ def deidentify_table(table: pa.Table, mapping: TableMapping, key: bytes, *,
             out = _ages(values, name)
         elif role == "zip":
             out = _zip3(values)
+        elif role == "note":
+            out = _scrub_notes(values, scrubber, profile, days, found, name)
         else:  # birth_date: the age column follows it
             out, ages = _birth_dates(values, days, age_reference_date, name)
             names += [name, AGE_COLUMN]
@@ -425,4 +469,5 @@ def deidentify_table(table: pa.Table, mapping: TableMapping, key: bytes, *,
         rows_without_patient_id=rows_in - table.num_rows,
         roles=roles,
         unmapped_dropped=tuple(unmapped),
+        notes_found=dict(sorted(found.items())),
     )

@@ -164,7 +164,7 @@ def test_same_seed_is_byte_identical_and_another_seed_differs(tmp_path: Path) ->
     generate_cohort(tmp_path / "b", seed=7, workers=2, **small)  # written by two processes: the same files
     generate_cohort(tmp_path / "c", seed=8, **small)
     a, b, c = (file_digests(tmp_path / name) for name in "abc")
-    assert len(a) == 5 * 10 + 6  # slices + 4 EMR files + ground truth + cohort.json
+    assert len(a) == 5 * 10 + 7  # slices + 5 EMR files + ground truth + cohort.json
     assert a == b
     assert a.keys() == c.keys()
     assert all(a[name] != c[name] for name in a if name.endswith((".dcm", ".parquet", ".csv")))

@@ -23,26 +23,34 @@ from medray.privacy.emr import (
     age_group,
     deidentify_table,
     identifier_values,
+    name_values,
 )
+from medray.privacy.notes import NoteScrubber
 from medray.privacy.pseudonym import date_shift_days, pseudonym
 
 KEY = b"k" * 32
 MAPPING = EmrMapping.default()
 REFERENCE = MAPPING.age_reference_date
+# The notes' scrubber, built once from the cohort's name columns (as the EMR pipeline does).
+_SCRUBBER: dict[str, NoteScrubber] = {}
 
 
 @pytest.fixture(scope="module")
 def emr(tmp_path_factory) -> dict[str, pa.Table]:
     out = tmp_path_factory.mktemp("cohort")
     generate_cohort(out, patients=30, rows=32, slices=2, nodule_fraction=0.0)
-    return {"patients": pq.read_table(out / "emr/patients.parquet"),
-            "encounters": pq.read_table(out / "emr/encounters.parquet"),
-            "labs": pa_csv.read_csv(out / "emr/labs.csv"),
-            "diagnoses": pa_csv.read_csv(out / "emr/diagnoses.csv")}
+    tables = {"patients": pq.read_table(out / "emr/patients.parquet"),
+              "encounters": pq.read_table(out / "emr/encounters.parquet"),
+              "labs": pa_csv.read_csv(out / "emr/labs.csv"),
+              "diagnoses": pa_csv.read_csv(out / "emr/diagnoses.csv"),
+              "notes": pq.read_table(out / "emr/notes.parquet")}
+    _SCRUBBER["cohort"] = NoteScrubber(set().union(*(name_values(t, MAPPING.tables[n]) for n, t in tables.items())))
+    return tables
 
 
 def deid(table: pa.Table, name: str):
-    return deidentify_table(table, MAPPING.tables[name], KEY, age_reference_date=REFERENCE)
+    return deidentify_table(table, MAPPING.tables[name], KEY, age_reference_date=REFERENCE,
+                            scrubber=_SCRUBBER["cohort"])
 
 
 def cells(table: pa.Table) -> set[str]:
@@ -123,9 +131,12 @@ def test_ages_over_89_are_grouped():
 def test_unmapped_and_free_text_columns_are_dropped_and_reported(emr):
     encounters = emr["encounters"].append_column("pager", pa.array(["555"] * emr["encounters"].num_rows))
     result = deid(encounters, "encounters")
-    assert "note" not in result.table.column_names and result.roles["note"] == "free_text"
-    assert "attending_physician" not in result.table.column_names
+    assert result.roles["note"] == "note" and result.notes_found["PERSON"] >= encounters.num_rows
+    assert "attending_physician" not in result.table.column_names and result.roles["attending_physician"] == "name"
     assert "pager" not in result.table.column_names and result.unmapped_dropped == ("pager",)
+    mapping = TableMapping(patient_id="mrn", columns={"note": "free_text"})
+    dropped = deidentify_table(emr["encounters"], mapping, KEY, age_reference_date=REFERENCE)
+    assert dropped.table.column_names == [PATIENT_PSEUDONYM] and dropped.roles == {"note": "free_text"}
 
 
 def test_rows_without_a_patient_id_are_dropped():
@@ -218,7 +229,7 @@ def safe(emr, tmp_path):
             walk.add(ids, kind)
     walk.save()
     return {name: deidentify_table(table, SAFE.tables[name], KEY, age_reference_date=REFERENCE,
-                                   profile="safe_harbor", crosswalk=walk).table
+                                   profile="safe_harbor", crosswalk=walk, scrubber=_SCRUBBER["cohort"]).table
             for name, table in emr.items()}, walk
 
 

@@ -15,6 +15,7 @@ from medray.privacy.emr import EmrMapping
 from medray.privacy.pseudonym import date_shift_days, key_id, pseudonym
 from tests.workloads.preprocess.helpers import PATIENTS
 from workloads.preprocess.emr import preprocess_emr
+from workloads.preprocess.runs import file_id
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +56,12 @@ def test_shifted_study_dates_match_the_shifted_ct_encounters(both, cohort, key):
 
 def test_emr_outputs_manifest_and_dropped_columns(both, cohort, key):
     _, emr_out, _, emr = both
-    assert sorted(p["path"] for p in emr.parts) == ["diagnoses.csv", "encounters.parquet", "labs.csv",
-                                                   "patients.parquet"]
+    assert sorted(p["part"] for p in emr.parts) == ["diagnoses.csv", "encounters.parquet", "labs.csv",
+                                                   "notes.parquet", "patients.parquet"]
     assert sorted(p.name for p in emr_out.glob("*.parquet")) == [
-        "diagnoses.parquet", "encounters.parquet", "labs.parquet", "patients.parquet"]
+        "diagnoses.parquet", "encounters.parquet", "labs.parquet", "notes.parquet", "patients.parquet"]
     encounters = pq.read_table(emr_out / "encounters.parquet")
-    assert "note" not in encounters.column_names and "mrn" not in encounters.column_names
+    assert "mrn" not in encounters.column_names and "attending_physician" not in encounters.column_names
     manifest = json.loads((emr_out / "manifest.json").read_text())
     assert manifest["key_id"] == key_id(key)
     assert manifest["mapping"] == EmrMapping.default().to_dict()
@@ -79,7 +80,7 @@ def test_a_broken_table_fails_alone(cohort, key, tmp_path, ray_cluster):
     summary = preprocess_emr(inp, tmp_path / "out", key=key)
     assert list(summary.failed) == ["encounters.parquet"]
     assert "patient_id column 'mrn'" in summary.failed["encounters.parquet"]
-    assert summary.skipped == ["scratch"]
+    assert summary.skipped == [file_id(key, "scratch.csv")]
     assert (tmp_path / "out/patients.parquet").exists()
     assert not (tmp_path / "out/encounters.parquet").exists()
 
