@@ -5,20 +5,28 @@
 DICOM JSON model (PS3.18 Annex F) for ``application/dicom+json``; :func:`stow_status` the HTTP
 status that goes with it (200 all processed, 202 some failed, 409 none). :func:`instance_refs` reads
 the (SOP Class UID, SOP Instance UID) pairs of posted instances.
+
+:func:`pull_series` is the client side toward an archive: a QIDO-RS series search (PS3.18 §10.6)
+and a WADO-RS retrieve (§10.4) of each series found, written as the archive sends them (byte for
+byte) into numbered folders, one per series, that medray's folder readers take.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import httpx
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from medray.dicom.multipart import DICOM, MULTIPART, split_body
 from medray.dicom.quiet import silenced_warnings
+from medray.errors import DicomError
 
-__all__ = ["DICOM_JSON", "instance_refs", "stow_response", "stow_status"]
+__all__ = ["DICOM_JSON", "instance_refs", "pull_series", "stow_response", "stow_status"]
 
 DICOM_JSON = "application/dicom+json"
 
@@ -72,3 +80,42 @@ def stow_status(processed: int, failed: int) -> int:
     if failed and processed:
         return 202
     return 409 if failed else 200
+
+
+def _uid(item: dict[str, Any], tag: str) -> str:
+    values = item.get(tag, {}).get("Value") or [""]
+    return str(values[0])
+
+
+def pull_series(base_url: str, out_dir: str | Path, *, filters: Mapping[str, str],
+                headers: Mapping[str, str] | None = None, limit: int = 1000,
+                timeout_s: float = 60.0) -> list[Path]:
+    """Series of the DICOMweb archive at ``base_url`` matching ``filters`` (QIDO-RS attribute
+    matching, e.g. ``{"Modality": "CT", "StudyDate": "20260101-20261231"}``), each retrieved by
+    WADO-RS into ``out_dir/series_NNNN/NNNN.dcm``; returns the series folders.
+
+    Files are numbered, never named by UID (UIDs are PHI); their bytes are the archive's. Raises
+    DicomError ``archive_unavailable`` with the HTTP status when the archive refuses a request.
+    """
+    out = Path(out_dir)
+    folders = []
+    with httpx.Client(base_url=base_url.rstrip("/"), headers=dict(headers or {}), timeout=timeout_s) as client:
+        found = _get(client, "/series", params={**filters, "limit": str(limit)}, accept=DICOM_JSON)
+        for n, item in enumerate(found.json() if found.content else []):
+            study, series = _uid(item, "0020000D"), _uid(item, "0020000E")
+            r = _get(client, f"/studies/{study}/series/{series}", accept=f'{MULTIPART}; type="{DICOM}"')
+            folder = out / f"series_{n:04d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, data in enumerate(split_body(r.headers.get("content-type"), r.content)):
+                (folder / f"{i:04d}.dcm").write_bytes(data)
+            folders.append(folder)
+    return folders
+
+
+def _get(client: httpx.Client, path: str, *, accept: str, params: Mapping[str, str] | None = None) -> httpx.Response:
+    r = client.get(path, params=params, headers={"Accept": accept})
+    if r.status_code not in (200, 204):
+        # The path holds UIDs: only the kind of request and the status are said.
+        kind = "QIDO-RS search" if path == "/series" else "WADO-RS retrieve"
+        raise DicomError("archive_unavailable", f"the archive answered {r.status_code} to a {kind}: check the URL and access")
+    return r

@@ -13,6 +13,7 @@ from dicomweb_client.api import DICOMwebClient
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from medray.dicom.dicomweb import pull_series
 from medray.dicom.multipart import encode_series
 from medray.dicom.net import STATUS, store_instances
 from medray.errors import DicomError
@@ -165,3 +166,18 @@ def test_stow_rs_answers_the_store_instances_response(gateway):
         (f"{_dicom.SERIES_UID}.1", STATUS["dataset_mismatch"]), (f"{_dicom.SERIES_UID}.2", STATUS["dataset_mismatch"])]
     # Without a token: the service's own 401, as on every route.
     assert httpx.post(f"{url}/dicomweb/studies", content=body, headers={"Content-Type": content_type}).status_code == 401
+
+
+def test_series_pulled_from_the_archive_are_the_bytes_it_was_sent(orthanc, cohort, tmp_path):
+    files = sorted((cohort / "dicom" / "study_0001" / "series_01").glob("*.dcm"))
+    body, content_type = encode_series([f.read_bytes() for f in files])
+    stored = httpx.post(f"{orthanc.dicomweb_url}/studies", content=body,
+                        headers={"Content-Type": content_type, "Accept": "application/dicom+json"})
+    assert stored.status_code == 200
+    study = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    (folder,) = pull_series(orthanc.dicomweb_url, tmp_path / "pulled", filters={"StudyInstanceUID": study, "Modality": "CT"})
+    assert sorted(p.read_bytes() for p in folder.glob("*.dcm")) == sorted(f.read_bytes() for f in files)
+    assert not [p for p in folder.rglob("*") if study in p.name]  # numbered files, no UIDs in names
+    assert pull_series(orthanc.dicomweb_url, tmp_path / "none", filters={"StudyInstanceUID": study, "Modality": "MR"}) == []
+    with pytest.raises(DicomError, match="archive_unavailable"):
+        pull_series(f"{orthanc.url}/no-such-root", tmp_path / "x", filters={"Modality": "CT"})
