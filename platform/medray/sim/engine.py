@@ -547,6 +547,7 @@ class Simulation:
         node.dead = True
         self.log("gpu-failed", node.spec.node_id)
         for rep in list(node.replicas):
+            self.log("replica-lost", rep.lane.name)
             if rep.busy and rep.current is not None:
                 self.failed[rep.current[1]] += 1
                 rep.lane.busy -= 1
