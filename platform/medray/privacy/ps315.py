@@ -38,7 +38,9 @@ Basic Profile's action under every option.
   curve data, maker notes, certified timestamps: their content cannot be checked here) falls back
   to the Basic Profile's action (removed or dummy).
 
-Clean Pixel Data and Clean Recognizable Visual Features are not offered: nothing here reads pixels.
+Clean Pixel Data is run by the caller (:mod:`medray.privacy.pixels`: this module reads no pixels),
+which says so with ``deidentify(..., pixels_cleaned=True)``; Clean Recognizable Visual Features is
+not offered.
 
 Always: UIDs are replaced by ``pseudo_uid(key, uid)`` (consistent across instances, series and
 runs), PatientID by ``pseudonym(key, mrn, kind="patient")``; D gives a non-empty dummy valid for
@@ -130,6 +132,7 @@ def _cid_7050(keyword: str) -> tuple[str, str]:
 # CID 7050 "De-identification Method": (code value, code meaning), coding scheme DCM.
 PROFILE_CODES: dict[str, tuple[str, str]] = {
     "basic": _cid_7050("BasicApplicationConfidentialityProfile"),
+    "clean_pixel_data": _cid_7050("CleanPixelDataOption"),
     **{name: _cid_7050(keyword) for name, (_, keyword, _) in _OPTIONS.items()},
 }
 
@@ -178,9 +181,10 @@ class DeidOptions:
         return out
 
 
-def applied_codes(options: DeidOptions) -> list[str]:
-    """Names (keys of :data:`PROFILE_CODES`) of the profile and the options applied, in order."""
-    return ["basic", *options.chosen()]
+def applied_codes(options: DeidOptions, *, pixels_cleaned: bool = False) -> list[str]:
+    """Names (keys of :data:`PROFILE_CODES`) of the profile and the options applied, in order;
+    ``pixels_cleaned``: the caller ran Clean Pixel Data (:mod:`medray.privacy.pixels`) too."""
+    return ["basic", *(["clean_pixel_data"] if pixels_cleaned else []), *options.chosen()]
 
 
 # --- Actions ---------------------------------------------------------------------------------
@@ -363,12 +367,13 @@ def _rules(options: DeidOptions) -> _Rules:
                   basic=_rules(DeidOptions()) if columns else None)
 
 
-def method_description(options: DeidOptions) -> str:
+def method_description(options: DeidOptions, *, pixels_cleaned: bool = False) -> str:
     """The DeidentificationMethod text (LO, at most 64 characters) for ``options``."""
-    names = [_OPTIONS[name][2] for name in options.chosen()]
+    chosen = applied_codes(options, pixels_cleaned=pixels_cleaned)[1:]
+    names = [_OPTIONS[name][2] if name in _OPTIONS else "clean pixels" for name in chosen]
     text = "medray " + "; ".join(["PS3.15 E basic", *names])
     if len(text) > 64:  # many options: their CID 7050 codes' last digits instead
-        text = "medray PS3.15 E basic + 1131" + ",".join(PROFILE_CODES[n][0][4:] for n in options.chosen())
+        text = "medray PS3.15 E basic + 1131" + ",".join(PROFILE_CODES[n][0][4:] for n in chosen)
     return text
 
 
@@ -667,10 +672,10 @@ def _element(tag: int, vr: str, value: Any) -> DataElement:
     return DataElement(tag, vr, value, validation_mode=config.IGNORE)
 
 
-def _mark(ds: Dataset, options: DeidOptions) -> None:
+def _mark(ds: Dataset, options: DeidOptions, pixels_cleaned: bool) -> None:
     """Record what was done (PS3.15 E.1.1): identity removed, method text and CID 7050 codes."""
     items = []
-    for name in applied_codes(options):
+    for name in applied_codes(options, pixels_cleaned=pixels_cleaned):
         value, meaning = PROFILE_CODES[name]
         item = Dataset()
         item[0x00080100] = _element(0x00080100, "SH", value)  # CodeValue
@@ -679,17 +684,23 @@ def _mark(ds: Dataset, options: DeidOptions) -> None:
         items.append(item)
     temporal = ("MODIFIED" if options.retain_dates else
                 "UNMODIFIED" if options.retain_full_dates else "REMOVED")
+    method = method_description(options, pixels_cleaned=pixels_cleaned)
     for tag, vr, value in (
         (0x00120062, "CS", "YES"),  # PatientIdentityRemoved
-        (0x00120063, "LO", method_description(options)),  # DeidentificationMethod
+        (0x00120063, "LO", method),  # DeidentificationMethod
         (0x00120064, "SQ", Sequence(items)),  # DeidentificationMethodCodeSequence
         (0x00280303, "CS", temporal),  # LongitudinalTemporalInformationModified
+        *([(0x00280301, "CS", "NO")] if pixels_cleaned else []),  # BurnedInAnnotation
     ):
         ds[tag] = _element(tag, vr, value)
 
 
-def deidentify(ds: Dataset, key: bytes, options: DeidOptions = DeidOptions()) -> Dataset:
+def deidentify(ds: Dataset, key: bytes, options: DeidOptions = DeidOptions(), *,
+               pixels_cleaned: bool = False) -> Dataset:
     """De-identify ``ds`` in place (its file meta too) and return it.
+
+    ``pixels_cleaned``: the caller ran Clean Pixel Data on the image (:mod:`medray.privacy.pixels`):
+    the output then declares it (CID 7050 113101, BurnedInAnnotation NO).
 
     Raises DicomError (reasons ``burned_in_annotation``, ``cannot_deidentify``,
     ``missing_patient_id``, ``deid_failed``); ``ds`` is unchanged for the first three, and must
@@ -715,5 +726,5 @@ def deidentify(ds: Dataset, key: bytes, options: DeidOptions = DeidOptions()) ->
                 f"de-identification failed ({type(e).__name__}) on a malformed element: "
                 "re-export the instance",
             ) from None
-    _mark(ds, options)
+    _mark(ds, options, pixels_cleaned)
     return ds

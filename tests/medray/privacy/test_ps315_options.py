@@ -173,7 +173,8 @@ def test_an_option_changes_exactly_the_attributes_its_column_names(option):
 
 def test_the_cid_7050_codes_are_the_standards():
     assert {name: code for name, (code, _) in PROFILE_CODES.items()} == {
-        "basic": "113100", "retain_safe_private": "113111", "retain_uids": "113110",
+        "basic": "113100", "clean_pixel_data": "113101", "retain_safe_private": "113111",
+        "retain_uids": "113110",
         "retain_device_identity": "113109", "retain_institution_identity": "113112",
         "retain_patient_characteristics": "113108", "retain_full_dates": "113106",
         "retain_dates": "113107", "clean_descriptors": "113105", "clean_structured_content": "113104",
@@ -278,3 +279,11 @@ def test_options_are_recorded_and_checked():
     with pytest.raises(ConfigError):
         DeidOptions(safe_private=frozenset({("X", 0x0011, 1)}))  # without the option
     assert everything.to_dict()["safe_private"] == []
+
+
+def test_a_caller_that_cleaned_the_pixels_declares_it():
+    out = deidentify(_dataset(), KEY, DeidOptions(retain_dates=True), pixels_cleaned=True)
+    assert [i.CodeValue for i in out.DeidentificationMethodCodeSequence] == ["113100", "113101", "113107"]
+    assert out.BurnedInAnnotation == "NO" and "clean pixels" in out.DeidentificationMethod
+    plain = deidentify(_dataset(), KEY)
+    assert "113101" not in [i.CodeValue for i in plain.DeidentificationMethodCodeSequence]
