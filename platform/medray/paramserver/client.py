@@ -56,7 +56,7 @@ class ParameterClient:
         out = {name: torch.empty(len(v), self.dims[name]) for name, v in ids.items()}
         for s, rows in enumerate(ray.get(refs)):
             for name, values in rows.items():
-                out[name][torch.from_numpy(self._splits[name][s][0])] = torch.from_numpy(values)
+                out[name][torch.from_numpy(self._splits[name][s][0])] = torch.from_numpy(np.array(values))  # Ray's are read-only
         self.traffic.pulled += sum(v.numel() * 8 + out[n].numel() * 4 for n, v in ids.items())
         return out
 
