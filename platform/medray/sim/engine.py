@@ -97,12 +97,14 @@ class DayLog:
     policy: str
     duration_s: float
     kinds: list[str]
+    kind_roles: list[str]
     kind_gpus: list[float]
     bin_s: float
     busy_gpu_s: np.ndarray  # [kind, bin] GPU-seconds of useful work
     lanes: list[str]
     lane_priority: list[str]
     lane_slo_s: list[float]
+    lane_sites: list[str | None]
     latencies: list[list[list[float]]]  # [lane][bin of arrival] seconds, served studies (the last bin: the drain)
     arrivals: list[int]
     served: list[int]
@@ -571,9 +573,11 @@ class Simulation:
         cost = sum(price[name] * count for name, count in per_type.items()) * self.config.duration_s / 3600.0
         return DayLog(
             policy=self.policy.name, duration_s=self.config.duration_s, kinds=list(self.kinds), kind_gpus=kind_gpus,
+            kind_roles=[next(t.role for t in self.types if t.name == k) for k in self.kinds],
             bin_s=self.bin_s,
             busy_gpu_s=self.busy, lanes=list(self.lane_names),
             lane_priority=[t.priority for t in self.config.lanes], lane_slo_s=[t.slo_s for t in self.config.lanes],
+            lane_sites=[t.site for t in self.config.lanes],
             latencies=self.lat, arrivals=self.arrived, served=self.served, rejected=self.rejected,
             timed_out=self.timed_out, failed=self.failed,
             research_done_gpu_s=sum(r.done_gpu_s for r in self.research.runs.values()),

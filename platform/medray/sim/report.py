@@ -33,6 +33,7 @@ class LaneSummary:
 
     name: str
     priority: str
+    site: str | None
     slo_s: float
     arrivals: int
     served: int
@@ -53,6 +54,7 @@ class DaySummary:
     gpu_busy_pct: float
     busy_pct_by_kind: dict[str, float]
     busy_pct_by_kind_bin: dict[str, tuple[float, ...]]
+    busy_pct_by_role_bin: dict[str, tuple[float, ...]]
     lanes: tuple[LaneSummary, ...]
     research_done_gpu_h: float
     research_lost_preempt_gpu_h: float
@@ -81,7 +83,7 @@ def _lane(log: DayLog, i: int) -> LaneSummary:
     p99s = tuple(_pct(b, 99) for b in bins[:-1])  # the last bin holds the drain after the day
     slo = log.lane_slo_s[i]
     return LaneSummary(
-        name=log.lanes[i], priority=log.lane_priority[i], slo_s=slo, arrivals=log.arrivals[i],
+        name=log.lanes[i], priority=log.lane_priority[i], site=log.lane_sites[i], slo_s=slo, arrivals=log.arrivals[i],
         served=log.served[i], refused=log.rejected[i] + log.timed_out[i] + log.failed[i],
         p50_s=_pct(every, 50), p99_s=_pct(every, 99), p99_by_bin_s=p99s,
         bins_over_slo=sum(1 for p in p99s if p > slo),
@@ -95,6 +97,10 @@ def summarize(log: DayLog) -> DaySummary:
     span = np.full(n_bins, log.bin_s)
     span[-1] = log.duration_s - log.bin_s * (n_bins - 1)
     by_bin = {k: tuple((100.0 * busy[i] / (gpus[i] * span)).round(2).tolist()) for i, k in enumerate(log.kinds)}
+    by_role = {}
+    for role in dict.fromkeys(log.kind_roles):
+        rows = [i for i, r in enumerate(log.kind_roles) if r == role]
+        by_role[role] = tuple((100.0 * busy[rows].sum(axis=0) / (gpus[rows].sum() * span)).round(2).tolist())
     busy_h = float(busy.sum()) / 3600.0
     done, lost = log.research_done_gpu_s / 3600.0, log.research_lost_preempt_gpu_s / 3600.0
     actions = [e.action for e in log.broker_events]
@@ -103,7 +109,7 @@ def summarize(log: DayLog) -> DaySummary:
         gpu_busy_pct=round(100.0 * float(busy.sum()) / (float(gpus.sum()) * log.duration_s), 2),
         busy_pct_by_kind={k: round(100.0 * float(busy[i].sum()) / (gpus[i] * log.duration_s), 2)
                           for i, k in enumerate(log.kinds)},
-        busy_pct_by_kind_bin=by_bin,
+        busy_pct_by_kind_bin=by_bin, busy_pct_by_role_bin=by_role,
         lanes=tuple(_lane(log, i) for i in range(len(log.lanes))),
         research_done_gpu_h=round(done, 2), research_lost_preempt_gpu_h=round(lost, 2),
         research_lost_preempt_pct=round(100.0 * lost / (done + lost), 2) if done + lost else 0.0,
@@ -155,9 +161,9 @@ def table(summaries: Sequence[DaySummary], *, baseline: str = "static") -> str:
     for r, (name, _, spec) in enumerate(per[0]):
         cells = [name, *(_fmt(p[r][1], spec) for p in per)]
         for s in others:
-            v, b = _rows(s)[r][1], base_rows[r][1]
-            ok = v is not None and b not in (None, 0) and np.isfinite(float(v)) and np.isfinite(float(b))
-            cells.append(f"{float(v) / float(b):.2f}x" if ok else "-")  # type: ignore[arg-type]
+            v, b = _fmt(_rows(s)[r][1], spec).replace(",", ""), _fmt(base_rows[r][1], spec).replace(",", "")
+            ok = "-" not in (v, b) and float(b) != 0  # ratios of the shown values: none to a shown 0
+            cells.append(f"{float(v) / float(b):.2f}x" if ok else "-")
         lines.append(cells)
     widths = [max(len(str(c[i])) for c in [head, *lines]) for i in range(len(head))]
     out = ["  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(head))]
@@ -169,7 +175,8 @@ def table(summaries: Sequence[DaySummary], *, baseline: str = "static") -> str:
 
 def plot(summaries: Sequence[DaySummary], path: str | Path, *, title: str = "",
          span: tuple[float, float] | None = None) -> Path:
-    """One column per policy: GPU busy % by kind and the p99 of each lane, per time bin; returns ``path``.
+    """One column per policy: GPU busy % by role and the p99 of the main site's lanes, per time bin; returns
+    ``path`` (the table has every node type and lane).
 
     ``span`` (start, end) is shaded (the mass-casualty hour), in hours for hourly bins, else seconds.
     """
@@ -181,9 +188,11 @@ def plot(summaries: Sequence[DaySummary], path: str | Path, *, title: str = "",
         unit = s.bin_s / 3600.0 if hours else s.bin_s
         t = [i * unit for i in range(len(next(iter(s.busy_pct_by_kind_bin.values()))))]
         busy = Panel(ylabel="GPU busy %", ylim=(0, 105),
-                     series=[Series(kind, t, list(v), style="step") for kind, v in s.busy_pct_by_kind_bin.items()])
+                     series=[Series(f"{role} GPUs", t, list(v), style="step")
+                             for role, v in s.busy_pct_by_role_bin.items()])
+        main = [lane for lane in s.lanes if lane.site is None] or list(s.lanes)
         lat = Panel(ylabel="p99 latency s", log=True,
-                    series=[*(Series(lane.name, t, list(lane.p99_by_bin_s)) for lane in s.lanes),
+                    series=[*(Series(lane.name, t, list(lane.p99_by_bin_s)) for lane in main),
                             *(Series(f"{lane.name} SLO", t, [lane.slo_s] * len(t), style="step")
                               for lane in s.lanes if lane.priority == "emergency")])
         columns[f"{s.policy}: {s.gpu_busy_pct:.0f}% busy"] = [busy, lat]
