@@ -94,7 +94,8 @@ class GatewayConfig(_Strict):
 
 
 def sr_result(answer: dict[str, Any]) -> FindingResult:
-    """The SR content of one answer of ``POST /v1/diagnose`` (its JSON: :class:`~workloads.diagnosis.api.DiagnoseResponse`)."""
+    """The SR content of one answer of ``POST /v1/diagnose`` (its JSON:
+    :class:`~workloads.diagnosis.api.DiagnoseResponse`)."""
     finding = answer["finding"]
     spec = finding_spec(finding["name"])
     name, _, version = answer["model"].partition(":")
@@ -118,7 +119,8 @@ class DicomGateway:
         self._outcomes: deque[dict[str, Any]] = deque(maxlen=1000)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="gateway-diagnose")
-        self._collector = SeriesCollector(lambda instances: self._pool.submit(self._diagnose, instances),
+        # Stamped when the quiet period ends, before any wait for a worker.
+        self._collector = SeriesCollector(lambda instances: self._pool.submit(self._diagnose, instances, time.time()),
                                           quiet_s=self.config.quiet_s, max_instances=self.config.max_series_instances,
                                           max_series=self.config.max_series)
         self._scp = StoreSCP(self.config.routes, self._receive, host=self.config.host, port=self.config.port)
@@ -129,7 +131,8 @@ class DicomGateway:
 
     def outcomes(self) -> list[dict[str, Any]]:
         """One record per series handed on, oldest first: lane, instances, HTTP status, reason or
-        finding, model, the pseudonymous study_ref, the SR's C-STORE status and UID, timings."""
+        finding, model, the pseudonymous study_ref, the SR's C-STORE status and UID, timings
+        (``completed_at``: the quiet period ended; ``done_at``: diagnosed and the SR stored)."""
         with self._lock:
             return list(self._outcomes)
 
@@ -142,9 +145,9 @@ class DicomGateway:
         read_instance(instance.data, max_pixels=self.config.max_instance_pixels)
         self._collector.add(instance)
 
-    def _diagnose(self, instances: list[Received]) -> None:
+    def _diagnose(self, instances: list[Received], completed_at: float) -> None:
         lane = self.config.routes[instances[0].called_aet]
-        outcome: dict[str, Any] = {"lane": lane, "instances": len(instances), "completed_at": time.time()}
+        outcome: dict[str, Any] = {"lane": lane, "instances": len(instances), "completed_at": completed_at}
         body, content_type = encode_series([i.data for i in instances])
         started = time.perf_counter()
         try:
@@ -162,6 +165,7 @@ class DicomGateway:
         except Exception as e:
             outcome.setdefault("status", None)
             outcome["reason"] = type(e).__name__
+        outcome["done_at"] = time.time()
         log.info("series on lane %s: %s instances, status %s, %s", lane, len(instances), outcome.get("status"),
                  outcome.get("finding") or outcome.get("reason"))
         with self._lock:
