@@ -39,6 +39,7 @@ from medray.dicom.multipart import encode_series
 from medray.dicom.net import Received, SeriesCollector, StoreSCP, store_instances
 from medray.dicom.sr import Concept, FindingResult, finding_report
 from medray.dicom.volume import read_instance
+from medray.errors import ConfigError
 from medray.logs import get_logger
 from medray.models.findings import finding_spec
 from medray.scheduling.options import place
@@ -105,6 +106,17 @@ def sr_result(answer: dict[str, Any]) -> FindingResult:
                          procedure=Concept("LN", *study), model_name=name, model_version=version)
 
 
+def _read_token(path: str) -> str:
+    try:
+        token = Path(path).expanduser().read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"the gateway's token file {path} cannot be read ({type(e).__name__}): create it with "
+                          "`medray token create --name dicom-gateway --scope clinic --scope emergency`") from None
+    if not token:
+        raise ConfigError(f"the gateway's token file {path} is empty: put the token `medray token create` printed in it")
+    return token
+
+
 class DicomGateway:
     """The gateway's state: the SCP, the collector, the diagnosis workers and the last outcomes (PHI-free).
 
@@ -113,7 +125,7 @@ class DicomGateway:
 
     def __init__(self, config: GatewayConfig | dict[str, Any]) -> None:
         self.config = config if isinstance(config, GatewayConfig) else GatewayConfig.model_validate(config)
-        self._token = Path(self.config.token_file).expanduser().read_text().strip()
+        self._token = _read_token(self.config.token_file)
         self._http = httpx.Client(base_url=self.config.service_url, timeout=self.config.timeout_s)
         self._device_uid = generate_uid()
         self._outcomes: deque[dict[str, Any]] = deque(maxlen=1000)

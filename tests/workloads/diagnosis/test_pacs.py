@@ -16,10 +16,10 @@ from pynetdicom.sop_class import Verification
 from medray.dicom.dicomweb import pull_series
 from medray.dicom.multipart import encode_series
 from medray.dicom.net import STATUS, store_instances
-from medray.errors import DicomError
+from medray.errors import ConfigError, DicomError
 from medray.security.tokens import add_client
 from tests.workloads.diagnosis import _dicom
-from workloads.diagnosis.gateway import start_gateway
+from workloads.diagnosis.gateway import DicomGateway, GatewayConfig, start_gateway
 from workloads.diagnosis.local import run_local, stop_local
 
 QUIET_S = 0.5
@@ -181,3 +181,18 @@ def test_series_pulled_from_the_archive_are_the_bytes_it_was_sent(orthanc, cohor
     assert pull_series(orthanc.dicomweb_url, tmp_path / "none", filters={"StudyInstanceUID": study, "Modality": "MR"}) == []
     with pytest.raises(DicomError, match="archive_unavailable"):
         pull_series(f"{orthanc.url}/no-such-root", tmp_path / "x", filters={"Modality": "CT"})
+
+
+def test_gateway_settings_are_checked(tmp_path):
+    base = {"routes": {"MEDRAY": "routine"}, "service_url": "http://127.0.0.1:1", "token_file": str(tmp_path / "t")}
+    for routes, message in (({}, "at least one AE title"), ({"MEDRAY": "urgent"}, "unknown lane"),
+                            ({"A" * 17: "routine"}, "AE title"), ({" MEDRAY": "routine"}, "AE title")):
+        with pytest.raises(ValueError, match=message):
+            GatewayConfig.model_validate({**base, "routes": routes})
+    with pytest.raises(ValueError, match="extra"):
+        GatewayConfig.model_validate({**base, "quiet": 1})
+    with pytest.raises(ConfigError, match="cannot be read.*medray token create"):
+        DicomGateway(base)
+    (tmp_path / "t").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        DicomGateway(base)
