@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +39,12 @@ from workloads.federated.local import get_arrays, set_arrays
 from workloads.federated.privacy import PrivacyBudgetError, SitePolicy, epsilon, rounds_within_budget
 from workloads.federated.site import ClientFactory, SiteNode, nodule_client
 
-__all__ = ["FIRST_NODE_ID", "UpdateStrategy", "FederatedResult", "start_sites", "federate"]
+__all__ = ["FIRST_NODE_ID", "SITE_ACTOR_PREFIX", "site_actor_name", "UpdateStrategy", "FederatedResult", "start_sites", "federate"]
 
 _log = get_logger("medray.federated.run")
 
 FIRST_NODE_ID = 2  # Flower's coordinator is node 1 (SUPERLINK_NODE_ID)
+SITE_ACTOR_PREFIX = "federated-site/"
 
 
 class UpdateStrategy(Strategy):
@@ -60,6 +62,7 @@ class UpdateStrategy(Strategy):
         self.contributions: Counter[str] = Counter()
         self.rounds: list[dict[str, Any]] = []
         self._started = 0.0
+        self._sampled: set[str] = set()
 
     def initialize_parameters(self, client_manager: Any) -> Parameters:
         return ndarrays_to_parameters(self.current)
@@ -67,6 +70,7 @@ class UpdateStrategy(Strategy):
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> Any:
         self._started = time.perf_counter()
         pairs = self.inner.configure_fit(server_round, parameters, client_manager)
+        self._sampled = {self.sites[proxy.node_id] for proxy, _ in pairs}
         for _, ins in pairs:
             ins.config["round"] = server_round
         return pairs
@@ -79,7 +83,8 @@ class UpdateStrategy(Strategy):
         self.current = [(g + u).astype(g.dtype) for g, u in zip(self.current, update)]
         contributed = sorted(self.sites[proxy.node_id] for proxy, _ in results)
         self.contributions.update(contributed)
-        self.rounds.append({"round": server_round, "sites": contributed, "failures": len(failures),
+        self.rounds.append({"round": server_round, "sites": contributed,
+                            "dropped": sorted(self._sampled - set(contributed)),
                             "fit_s": time.perf_counter() - self._started,
                             "epsilon": {s: epsilon(p, self.contributions[s]) for s, p in self.policies.items()}})
         return ndarrays_to_parameters(self.current), metrics
@@ -140,14 +145,26 @@ def start_sites(config: FederatedConfig, client_factory: ClientFactory = nodule_
     import ray
 
     actor = ray.remote(SiteNode)
-    return {i: actor.options(**site_options(s.site, num_cpus=config.cpus_per_site, max_restarts=0))
+    run = uuid.uuid4().hex[:8]
+    return {i: actor.options(**site_options(s.site, num_cpus=config.cpus_per_site, max_restarts=0,
+                                            name=site_actor_name(s.site, run)))
             .remote(s.site, str(s.root), i, config.local, client_factory)
             for i, s in enumerate(config.sites, start=FIRST_NODE_ID)}
 
 
+def site_actor_name(site: str, run: str) -> str:
+    """``federated-site/SITE/RUN``: Ray's actor table then shows which site each reader served."""
+    return f"{SITE_ACTOR_PREFIX}{site}/{run}"
+
+
+def _no_metrics(metrics: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    return {}  # per-site metrics are kept by UpdateStrategy, by site
+
+
 def _strategy(config: FederatedConfig) -> Strategy:
     common = dict(fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=2, min_evaluate_clients=1,
-                  min_available_clients=2, accept_failures=True)
+                  min_available_clients=2, accept_failures=True,
+                  fit_metrics_aggregation_fn=_no_metrics, evaluate_metrics_aggregation_fn=_no_metrics)
     if config.strategy == "fedprox":
         return FedProx(proximal_mu=config.proximal_mu, **common)
     return FedAvg(**common)

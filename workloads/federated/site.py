@@ -103,6 +103,10 @@ class SiteNode:
                               mods=[secaggplus_mod, self.filter])
         self.busy_s = 0.0
 
+    def __repr__(self) -> str:
+        # Ray's actor records carry this (``repr_name``): where each site's reader ran can be audited.
+        return f"SiteNode(site={self.site})"
+
     def describe(self) -> dict[str, Any]:
         """What the coordinator may know: the site, its node, its policy, its input spec and counts."""
         import ray
