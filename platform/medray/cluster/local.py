@@ -150,25 +150,33 @@ class LocalCluster:
 
         head, *workers = specs
         self.specs = list(specs)
-        # Each node's processes inherit this process's environment when the node starts: the
-        # HAProxy front door's settings (medray.cluster.ingress), with files of its own per node.
-        self._environ = dict(os.environ)
+        # A node's processes inherit this process's environment when the node starts: the HAProxy
+        # front door's settings (medray.cluster.ingress), with files of its own per node. Only the
+        # nodes get them: this process (a notebook, a test) keeps its own Serve settings, so that
+        # its handles work from synchronous code.
         self._id = uuid.uuid4().hex
-        self._with_node_env(0)
-        self._cluster = Cluster(
-            initialize_head=True,
-            # Ray gives worker nodes a random agent port but the head its fixed default, which
-            # another Ray cluster on this machine (a notebook's, `medray up`) may hold.
-            head_node_args={**_node_args(head), "include_dashboard": False,
-                            "dashboard_agent_listen_port": _free_port()},
-        )
-        for spec in workers:
-            self._with_node_env(len(self._cluster.list_all_nodes()))
-            self._cluster.add_node(wait=False, **_node_args(spec))
+        with self._node_env(0):
+            self._cluster = Cluster(
+                initialize_head=True,
+                # Ray gives worker nodes a random agent port but the head its fixed default, which
+                # another Ray cluster on this machine (a notebook's, `medray up`) may hold.
+                head_node_args={**_node_args(head), "include_dashboard": False,
+                                "dashboard_agent_listen_port": _free_port()},
+            )
+        for i, spec in enumerate(workers, 1):
+            with self._node_env(i):
+                self._cluster.add_node(wait=False, **_node_args(spec))
         self._cluster.wait_for_nodes()
 
-    def _with_node_env(self, index: int) -> None:
-        os.environ.update(ingress_env(ingress_dir(self._id, index), env=self._environ))
+    @contextmanager
+    def _node_env(self, index: int) -> Iterator[None]:
+        saved = dict(os.environ)
+        os.environ.update(ingress_env(ingress_dir(self._id, index), env=saved))
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
     @property
     def address(self) -> str:
@@ -177,8 +185,8 @@ class LocalCluster:
 
     def add_node(self, spec: LocalNodeSpec) -> Any:
         """Start one more node (e.g. a second node of a type); returns Ray's node handle."""
-        self._with_node_env(len(self._cluster.list_all_nodes()))
-        node = self._cluster.add_node(**_node_args(spec))
+        with self._node_env(len(self._cluster.list_all_nodes())):
+            node = self._cluster.add_node(**_node_args(spec))
         self.specs.append(spec)
         return node
 
@@ -192,9 +200,6 @@ class LocalCluster:
 
         ray.shutdown()
         self._cluster.shutdown()
-        for key in set(os.environ) - set(self._environ):
-            del os.environ[key]
-        os.environ.update(self._environ)
         shutil.rmtree(ingress_dir(self._id, 0).parent, ignore_errors=True)
 
 
