@@ -190,6 +190,29 @@ def test_bad_configs_say_what_is_wrong(trace, change, message):
         _config({**trace, **change})
 
 
+def test_half_an_hour_of_the_shipped_day_at_fleet_scale():
+    config = replace(load_config(SIM / "day.yaml"), duration_s=1800.0)
+    log = simulate(config, MEDRAY)
+    assert sum(log.served) > 10_000
+    assert [a - s - r - t - f for a, s, r, t, f in zip(log.arrivals, log.served, log.rejected, log.timed_out,
+                                                       log.failed)] == [0] * len(log.lanes)
+    assert summarize(log).busy_pct_by_kind["train-a100"] > 90  # the research backlog fills the training GPUs
+
+
+def test_the_command_prints_the_table_and_writes_json(tmp_path, capsys):
+    from medray.sim.__main__ import main
+
+    assert main(["--config", str(SIM / "local_burst.yaml"), "--policies", "static", "medray",
+                 "--json", str(tmp_path / "out.json"), "--calibration", str(SIM / "local_burst.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "medray/static" in out and "within 25%" in out
+    import json
+
+    doc = json.loads((tmp_path / "out.json").read_text())
+    assert [p["policy"] for p in doc["policies"]] == ["static", "medray"] and doc["calibration"]["ok"]
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+
+
 def test_missing_config_file_is_one_actionable_line(tmp_path):
     with pytest.raises(ConfigError, match="pass --config"):
         load_config(tmp_path / "nope.yaml")
