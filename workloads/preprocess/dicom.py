@@ -5,7 +5,7 @@
         [--retain-dates] [--retain-patient-characteristics] [--retain-full-dates] [--retain-uids]
         [--retain-device-identity] [--retain-institution-identity] [--clean-descriptors]
         [--clean-structured-content] [--clean-graphics] [--safe-private GGGG,EE,CREATOR ...]
-        [--export-dicom] [--resume] [--concurrency N]
+        [--clean-pixel-data [--pixel-regions FILE]] [--export-dicom] [--resume] [--concurrency N]
         [--grouping auto|folder|scan]
 
 or, from a notebook connected to the cluster, :func:`preprocess_dicom`. Ray Data tasks run on prep
@@ -52,6 +52,7 @@ from medray.errors import ConfigError, MedrayError
 from medray.imaging.normalize import WINDOWS, InputSpec
 from medray.logs import get_logger
 from medray.metrics import counter
+from medray.privacy.pixels import DeviceRegions, require_tesseract
 from medray.privacy.ps315 import (
     OPTIONS_TABLE,
     PROFILE_CODES,
@@ -329,9 +330,10 @@ def _manifest(options: DicomOptions, key: bytes, status: str, counts: dict[str, 
         "key_id": key_id(key),
         "options": options.to_dict(),
         "deidentification": {
-            "method": method_description(deid),
+            "method": method_description(deid, pixels_cleaned=options.clean_pixel_data),
             "codes": [{"code_value": PROFILE_CODES[c][0], "coding_scheme": "DCM",
-                       "code_meaning": PROFILE_CODES[c][1]} for c in applied_codes(deid)],
+                       "code_meaning": PROFILE_CODES[c][1]}
+                      for c in applied_codes(deid, pixels_cleaned=options.clean_pixel_data)],
             "attribute_table": f"dicom-anonymizer {TABLE_VERSION}",
             "options_table": f"medray.privacy/{OPTIONS_TABLE}",
         },
@@ -421,6 +423,8 @@ def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
     root, out = Path(input).resolve(), Path(output).resolve()
     if out == root or root in out.parents:
         raise ConfigError("the output must not lie inside the input: it would be read as input next time")
+    if options.clean_pixel_data:
+        require_tesseract()  # here, not in every task: one actionable line, before any work
     chosen = placement()
     concurrency = options.concurrency or default_concurrency(chosen)
     files = list_files(root)
@@ -528,6 +532,20 @@ def _safe_private(entries: Sequence[str]) -> frozenset[tuple[str, int, int]]:
     return frozenset(safe)
 
 
+def _pixel_regions(path: str | None) -> tuple[DeviceRegions, ...]:
+    """--pixel-regions: the devices' annotation regions from a JSON file; ConfigError when bad."""
+    if path is None:
+        return ()
+    try:
+        entries = json.loads(Path(path).read_text())
+        return tuple(DeviceRegions(str(e.get("manufacturer", "")), str(e.get("model", "")), int(e["rows"]),
+                                   int(e["columns"]), tuple(tuple(int(v) for v in b) for b in e["boxes"]))
+                     for e in entries)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ConfigError(f"--pixel-regions {path}: not a JSON list of {{manufacturer, model, rows, "
+                          f"columns, boxes}} ({type(e).__name__})") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = pipeline_parser(PIPELINE, __doc__, input_help="folder of DICOM files (searched recursively)",
                         output_help="output folder (volumes/, quarantine, manifest)")
@@ -547,6 +565,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--safe-private", action="append", default=[], metavar="GGGG,EE,CREATOR",
                    help="PS3.15 Retain Safe Private: keep this private attribute (odd group, element "
                         "byte, both hex, and its private creator); repeat for each")
+    p.add_argument("--clean-pixel-data", action="store_true",
+                   help="PS3.15 Clean Pixel Data: OCR (Tesseract) every slice, blank the --pixel-regions "
+                        "of known devices, quarantine series with text left (burned_in_text)")
+    p.add_argument("--pixel-regions", metavar="FILE",
+                   help="JSON list of {manufacturer, model, rows, columns, boxes: [[left, top, width, "
+                        "height], ...]}: where known devices burn in annotation (with --clean-pixel-data)")
     p.add_argument("--export-dicom", action="store_true",
                    help="also write every de-identified instance as a DICOM file under OUTPUT/dicom/")
     p.add_argument("--resume", action="store_true", help="skip series already written to OUTPUT")
@@ -575,6 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             resume=args.resume,
             grouping=args.grouping,
             export_dicom=args.export_dicom,
+            clean_pixel_data=args.clean_pixel_data,
+            pixel_regions=_pixel_regions(args.pixel_regions),
         )
         connect()
         summary = preprocess_dicom(args.input, args.output, key=key, options=options)

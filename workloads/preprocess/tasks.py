@@ -39,18 +39,21 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from medray.data.shards import VOLUMES_DIR, VolumeRecord, build_table, window_name, write_shard
 from medray.dicom.part10 import get_value
 from medray.dicom.quiet import silenced_warnings
 from medray.dicom.sniff import sniff_series
 from medray.dicom.values import parse_age, parse_date
-from medray.dicom.volume import DEFAULT_MAX_PIXELS, REASONS, read_instance, volume_from_datasets
+from medray.dicom.volume import DEFAULT_MAX_PIXELS, REASONS, Volume, read_instance, volume_from_datasets
 from medray.errors import ConfigError, DicomError
 from medray.imaging.normalize import InputSpec
 from medray.privacy.emr import age_group
+from medray.privacy.pixels import PIXEL_REASONS, DeviceRegions, clean_pixels
 from medray.privacy.ps315 import DEID_REASONS, DeidOptions, check_deidentifiable, deidentify
 from medray.privacy.pseudonym import pseudo_uid
 from workloads.preprocess.runs import Quarantined
@@ -83,7 +86,7 @@ GROUPINGS: tuple[str, ...] = ("auto", "folder", "scan")
 
 # Reasons of this pipeline, beyond those of medray.dicom.volume and medray.privacy.ps315.
 PIPELINE_REASONS: tuple[str, ...] = ("unreadable", "missing_uid", "series_incomplete", "internal_error")
-QUARANTINE_REASONS: tuple[str, ...] = REASONS + DEID_REASONS + PIPELINE_REASONS
+QUARANTINE_REASONS: tuple[str, ...] = REASONS + DEID_REASONS + PIXEL_REASONS + PIPELINE_REASONS
 
 _STUDY_UID = 0x0020000D
 _SERIES_UID = 0x0020000E
@@ -100,7 +103,9 @@ class DicomOptions:
     the parallel tasks (default: the CPUs of the running prep nodes); ``resume`` skips series
     whose shard already exists; ``grouping`` chooses how files are grouped into series (see
     :data:`GROUPINGS`; the output is the same either way); ``export_dicom`` also writes every
-    de-identified instance as a Part 10 file (:func:`export_path`).
+    de-identified instance as a Part 10 file (:func:`export_path`); ``clean_pixel_data`` runs
+    PS3.15's Clean Pixel Data on every slice (:mod:`medray.privacy.pixels`: ``pixel_regions``
+    blanked, series with text left quarantined as ``burned_in_text``).
     """
 
     spec: InputSpec = field(default_factory=InputSpec)
@@ -111,10 +116,14 @@ class DicomOptions:
     resume: bool = False
     grouping: str = "auto"
     export_dicom: bool = False
+    clean_pixel_data: bool = False
+    pixel_regions: tuple[DeviceRegions, ...] = ()
 
     def __post_init__(self) -> None:
         if self.grouping not in GROUPINGS:
             raise ConfigError(f"grouping must be one of {', '.join(GROUPINGS)}, got {self.grouping!r}")
+        if self.pixel_regions and not self.clean_pixel_data:
+            raise ConfigError("pixel_regions are blanked only with clean_pixel_data=True: set it")
 
     def to_dict(self) -> dict:
         """The options that shape the output (recorded in the manifest, compared on resume)."""
@@ -128,6 +137,10 @@ class DicomOptions:
             "max_pixels": self.max_pixels,
             "allow_modalities": list(self.allow_modalities),
             **({"export_dicom": True} if self.export_dicom else {}),  # earlier manifests still resume
+            **({"clean_pixel_data": True, "pixel_regions": [
+                {"manufacturer": r.manufacturer, "model": r.model, "rows": r.rows, "columns": r.columns,
+                 "boxes": [list(b) for b in r.boxes]} for r in self.pixel_regions]}
+               if self.clean_pixel_data else {}),
         }
 
 
@@ -191,14 +204,29 @@ def is_done(out: Path, series_uid: str, options: DicomOptions) -> bool:
         not options.export_dicom or export_path(out, series_uid).is_dir())
 
 
-def _write_instances(datasets: Sequence[Dataset], folder: Path) -> None:
-    """De-identified instances as Part 10 files in ``folder`` (made anew), pixel data as read."""
+def _write_instances(datasets: Sequence[Dataset], folder: Path, replaced: dict[int, np.ndarray]) -> None:
+    """De-identified instances as Part 10 files in ``folder`` (made anew), pixel data as read but
+    for the slices ``replaced`` (blanked), written uncompressed (Explicit VR Little Endian)."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     with silenced_warnings():
-        for ds in datasets:
+        for i, ds in enumerate(datasets):
+            if i in replaced:
+                ds.PixelData = replaced[i].astype(replaced[i].dtype.newbyteorder("<"), copy=False).tobytes()
+                ds["PixelData"].VR = "OB" if replaced[i].dtype.itemsize == 1 else "OW"
+                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.preamble = bytes(128)  # the original's may hold anything (PS3.10 7.1)
             pydicom.dcmwrite(folder / f"{ds.SOPInstanceUID}.dcm", ds, enforce_file_format=True)
+
+
+def _clean_pixel_data(volume: Volume, regions: Sequence[DeviceRegions]) -> None:
+    """Clean Pixel Data on every slice: known regions blanked (kept in ``volume``), DicomError
+    (``burned_in_text``) when OCR finds text left in any."""
+    for i, ds in enumerate(volume.datasets):
+        stored, _, _ = volume.read_slice(i)
+        cleaned = clean_pixels(ds, stored, regions)
+        if cleaned is not stored:
+            volume.replace_slice(i, cleaned)
 
 
 def _refusal(path: str, root: Path) -> Quarantined:
@@ -423,12 +451,16 @@ def _finish(series: _Series, series_uid: str, target: Path, key: bytes, options:
         with silenced_warnings():
             volume = volume_from_datasets(datasets, allow_modalities=options.allow_modalities)
         lap("volume")
+        if options.clean_pixel_data:
+            _clean_pixel_data(volume, options.pixel_regions)
+            lap("pixels")
         normalised = volume.normalized(options.spec)
         lap("normalise")
-        header = deidentify(volume.datasets[0], key, options.deid)  # in place: after decoding
+        cleaned = options.clean_pixel_data
+        header = deidentify(volume.datasets[0], key, options.deid, pixels_cleaned=cleaned)  # after decoding
         if export is not None:  # every instance is written: every one is cleaned
             for ds in volume.datasets[1:]:
-                deidentify(ds, key, options.deid)
+                deidentify(ds, key, options.deid, pixels_cleaned=cleaned)
         lap("deid")
     except DicomError as e:
         seconds["cpu"] = time.process_time() - cpu
@@ -456,7 +488,7 @@ def _finish(series: _Series, series_uid: str, target: Path, key: bytes, options:
     )
     lap("header")
     if export is not None:
-        _write_instances(volume.datasets, export)
+        _write_instances(volume.datasets, export, volume.replaced_slices())
         lap("export")
     write_shard(build_table([record], options.spec), target)
     lap("write")

@@ -91,13 +91,28 @@ class Volume:
     rescale: list[tuple[float, float]] = field(repr=False)
 
     _buffer: bytearray = field(default_factory=bytearray, init=False, repr=False, compare=False)
+    _replaced: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def read_slice(self, i: int) -> tuple[np.ndarray, float, float]:
         """Slice ``i``'s stored values (rows, columns) and its (RescaleSlope, RescaleIntercept).
 
         The values may be a view of a buffer the next call reuses: copy them to keep them.
         """
-        return (_decode(self.datasets[i], self.shape[1], self.shape[2], self._buffer), *self.rescale[i])
+        stored = self._replaced.get(i)
+        if stored is None:
+            stored = _decode(self.datasets[i], self.shape[1], self.shape[2], self._buffer)
+        return (stored, *self.rescale[i])
+
+    def replace_slice(self, i: int, stored: np.ndarray) -> None:
+        """Use ``stored`` (rows, columns) as slice ``i``'s stored values from now on (e.g. with
+        burned-in text blanked); call it before :attr:`hu` is first read."""
+        if stored.shape != self.shape[1:]:
+            raise ValueError(f"slice {i} must be {self.shape[1:]}, got {stored.shape}")
+        self._replaced[i] = stored
+
+    def replaced_slices(self) -> dict[int, np.ndarray]:
+        """The slices :meth:`replace_slice` replaced, by index."""
+        return dict(self._replaced)
 
     @cached_property
     def hu(self) -> np.ndarray:

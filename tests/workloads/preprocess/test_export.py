@@ -104,3 +104,20 @@ def test_the_cli_takes_every_ps315_option():
     DeidOptions(retain_safe_private=True, safe_private=dicom._safe_private(args.safe_private))
     with pytest.raises(ConfigError, match="GGGG,EE,CREATOR"):
         dicom._safe_private(["GEMS_PARM_01"])
+
+
+def test_the_cli_reads_pixel_regions(tmp_path):
+    from medray.errors import ConfigError
+    from medray.privacy.pixels import DeviceRegions
+    from workloads.preprocess import dicom
+
+    good = tmp_path / "regions.json"
+    good.write_text(json.dumps([{"manufacturer": "SIEMENS", "model": "SOMATOM", "rows": 512, "columns": 512,
+                                 "boxes": [[0, 0, 200, 24]]}]))
+    expected = DeviceRegions("SIEMENS", "SOMATOM", 512, 512, ((0, 0, 200, 24),))
+    assert dicom._pixel_regions(str(good)) == (expected,)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"rows": 512}]))
+    with pytest.raises(ConfigError, match="--pixel-regions"):
+        dicom._pixel_regions(str(bad))
+    assert dicom._pixel_regions(None) == ()
