@@ -124,11 +124,6 @@ class DayLog:
     wall_s: float = 0.0
     cpu_s: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able summary of the raw log (latency lists are left out)."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("latencies", "busy_gpu_s", "broker_events")} | {
-            "busy_gpu_s": self.busy_gpu_s.tolist(), "broker_events": [e.__dict__ for e in self.broker_events]}
-
 
 class Simulation:
     """One policy over one simulated day (:func:`simulate` runs it)."""

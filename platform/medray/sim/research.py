@@ -50,14 +50,14 @@ class _Clock(Protocol):
 class Run:
     """One research job's state in the simulation (its broker record lives in the ``BrokerCore``)."""
 
-    __slots__ = ("job", "run_id", "workers", "nodes", "done_gpu_s", "seg_start", "seg_placed", "gen", "state")
+    __slots__ = ("job", "run_id", "workers", "nodes", "done_gpu_s", "seg_start", "gen", "state")
 
     def __init__(self, job: ResearchJob) -> None:
         self.job, self.run_id = job, job.job_id
         self.workers = job.workers
         self.nodes: list[NodeState] = []
         self.done_gpu_s = 0.0
-        self.seg_start = self.seg_placed = 0.0
+        self.seg_start = 0.0  # when the current segment trains from (after its start-up)
         self.gen = 0
         self.state = "queued"  # queued | running | releasing | waiting | pending | finished
 
@@ -140,7 +140,7 @@ class ResearchRuns:
             n.free_cpus -= cpus
             n.runs.add(run.run_id)
         run.nodes, run.state = nodes, "running"
-        run.seg_placed, run.seg_start = self.sim.now, self.sim.now + self.sim.service.run_restart_s
+        run.seg_start = self.sim.now + self.sim.service.run_restart_s
         restart = self.sim.service.run_restart_s * run.workers
         if preempted:
             self.lost_preempt += restart

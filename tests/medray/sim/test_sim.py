@@ -213,6 +213,16 @@ def test_the_command_prints_the_table_and_writes_json(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
 
 
+def test_the_simulator_imports_neither_ray_nor_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, medray.sim, medray.sim.__main__; assert not {'ray', 'torch'} & set(sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": str(REPO / "platform")})
+    assert out.returncode == 0, out.stderr
+
+
 def test_missing_config_file_is_one_actionable_line(tmp_path):
     with pytest.raises(ConfigError, match="pass --config"):
         load_config(tmp_path / "nope.yaml")
