@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="policies to run (default: all: static first-fit medray medray-elastic)")
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
     p.add_argument("--baseline", default="static", help="policy the ratios are taken against")
+    p.add_argument("--markdown", action="store_true", help="print the table as a Markdown pipe table")
     p.add_argument("--png", type=Path, default=None, help="write the figure here")
     p.add_argument("--json", type=Path, default=None, help="write every policy's figures here")
     p.add_argument("--calibration", type=Path, default=None,
@@ -46,9 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{policy.name}: simulated in {summary.cpu_s:.1f} s CPU ({summary.wall_s:.1f} s wall)",
                   file=sys.stderr)
             summaries.append(summary)
-        print(f"{args.config}: seed {args.seed if args.seed is not None else config.seed}, "
-              f"{config.duration_s / 3600:g} h")
-        print(table(summaries, baseline=args.baseline))
+        span = f"{config.duration_s / 3600:g} h" if config.duration_s >= 3600 else f"{config.duration_s:g} s"
+        print(f"{args.config}: seed {args.seed if args.seed is not None else config.seed}, {span}")
+        print(table(summaries, baseline=args.baseline, markdown=args.markdown))
         comparison = calibrate(args.calibration) if args.calibration else None
         if comparison is not None:
             print()

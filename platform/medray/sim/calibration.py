@@ -61,17 +61,19 @@ class Comparison:
         return all(e is not None and abs(e) <= self.tolerance for e in errors)
 
     def lines(self) -> list[str]:
-        """A small table: figure, simulated, recorded, error."""
-        out = [f"{'burst figure':<36}{'simulated':>10}{'recorded':>10}{'error':>8}"]
+        """A small table: figure, simulated, recorded, error; the checked ones starred."""
+        from medray.cli.table import format_table
+
+        rows = []
         for name, label in (("lend_s", "s to the lend decision"), ("placed_s", "s to borrowed replicas placed"),
                             ("serving_s", "s to borrowed replicas serving *"), ("p99_s", "emergency p99 s, burst *"),
                             ("refused", "emergency refused")):
             sim, rec, err = getattr(self.simulated, name), getattr(self.recorded, name), self.error(name)
-            out.append(f"{label:<36}{'-' if sim is None else f'{sim:.2f}':>10}{rec:>10.2f}"
-                       f"{'-' if err is None else f'{100 * err:+.0f}%':>8}")
+            rows.append([label, "-" if sim is None else f"{sim:.2f}", f"{rec:.2f}",
+                         "-" if err is None else f"{100 * err:+.0f}%"])
         verdict = "within" if self.ok else "NOT within"
-        out.append(f"* checked: {verdict} {100 * self.tolerance:.0f}% of the recorded run")
-        return out
+        return [format_table(["burst figure", "simulated", "recorded", "error"], rows, align="<>>>"),
+                f"* checked: {verdict} {100 * self.tolerance:.0f}% of the recorded run"]
 
 
 def burst_figures(log: DayLog, config: SimConfig) -> BurstFigures:

@@ -150,27 +150,23 @@ def _rows(s: DaySummary) -> list[tuple[str, float | None, str]]:
     return rows
 
 
-def table(summaries: Sequence[DaySummary], *, baseline: str = "static") -> str:
-    """Policies side by side, then each other policy's ratio to ``baseline`` (value / baseline's)."""
+def table(summaries: Sequence[DaySummary], *, baseline: str = "static", markdown: bool = False) -> str:
+    """Policies side by side, then each other policy's ratio to ``baseline`` (of the values shown: no
+    ratio to a shown 0); through :func:`medray.cli.table.format_table` (``markdown``: a pipe table)."""
+    from medray.cli.table import format_table
+
     base = next((s for s in summaries if s.policy == baseline), None)
     others = [s for s in summaries if base is not None and s is not base]
-    per = [_rows(s) for s in summaries]
-    base_rows = _rows(base) if base is not None else []
-    head = ["measurement", *(s.policy for s in summaries), *(f"{s.policy}/{baseline}" for s in others)]
-    lines = []
-    for r, (name, _, spec) in enumerate(per[0]):
-        cells = [name, *(_fmt(p[r][1], spec) for p in per)]
+    shown = {s.policy: [(name, _fmt(v, spec)) for name, v, spec in _rows(s)] for s in summaries}
+    rows = []
+    for r, (name, _) in enumerate(shown[summaries[0].policy]):
+        cells = [name, *(shown[s.policy][r][1] for s in summaries)]
         for s in others:
-            v, b = _fmt(_rows(s)[r][1], spec).replace(",", ""), _fmt(base_rows[r][1], spec).replace(",", "")
-            ok = "-" not in (v, b) and float(b) != 0  # ratios of the shown values: none to a shown 0
-            cells.append(f"{float(v) / float(b):.2f}x" if ok else "-")
-        lines.append(cells)
-    widths = [max(len(str(c[i])) for c in [head, *lines]) for i in range(len(head))]
-    out = ["  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(head))]
-    out.append("-" * len(out[0]))
-    out += ["  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells))
-            for cells in lines]
-    return "\n".join(out)
+            v, b = (shown[x.policy][r][1].replace(",", "") for x in (s, base))  # type: ignore[union-attr]
+            cells.append(f"{float(v) / float(b):.2f}x" if "-" not in (v, b) and float(b) else "-")
+        rows.append(cells)
+    headers = ["measurement", *(s.policy for s in summaries), *(f"{s.policy}/{baseline}" for s in others)]
+    return format_table(headers, rows, align="<" + ">" * (len(headers) - 1), rule=True, markdown=markdown)
 
 
 def plot(summaries: Sequence[DaySummary], path: str | Path, *, title: str = "",
