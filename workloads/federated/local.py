@@ -111,12 +111,15 @@ def get_arrays(model: torch.nn.Module) -> list[np.ndarray]:
 
 
 def set_arrays(model: torch.nn.Module, arrays: list[np.ndarray]) -> None:
-    """Load arrays of :func:`get_arrays`'s layout into ``model``."""
+    """Load arrays of :func:`get_arrays`'s layout into ``model`` (BatchNorm variances clamped at 0)."""
     keys = federated_keys(model)
     if len(arrays) != len(keys):
         raise ConfigError(f"got {len(arrays)} arrays for a model of {len(keys)} federated tensors")
-    model.load_state_dict(OrderedDict((k, torch.from_numpy(np.asarray(a))) for k, a in zip(keys, arrays)),
-                          strict=False)
+    # Noised BatchNorm variances can come out negative; clamping them is post-processing of a DP
+    # release (no privacy cost) and keeps the normalisation defined.
+    state = OrderedDict((k, torch.from_numpy(np.maximum(a, 0.0) if k.endswith("running_var") else np.asarray(a)))
+                        for k, a in zip(keys, arrays))
+    model.load_state_dict(state, strict=False)
 
 
 def train_round(model: torch.nn.Module, data: ResidentSet, settings: LocalTraining, *, round_: int,

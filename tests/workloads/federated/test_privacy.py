@@ -45,6 +45,8 @@ def test_the_budget_stops_the_run_before_the_round_that_would_exceed_it():
     assert rounds == allowed
     assert f"before round {allowed + 1}" in reason and "partner-b" in reason and "6" in reason
     assert rounds_within_budget({"partner-a": loose}, 3) == (3, None)
+    none, reason = rounds_within_budget({"partner-b": tight.__class__(**{**tight.public(), "epsilon_budget": 1.0})}, 3)
+    assert none == 0 and "before round 1" in reason
 
 
 def test_policy_is_read_from_the_site_storage_and_missing_or_bad_ones_say_what_to_do(tmp_path):
