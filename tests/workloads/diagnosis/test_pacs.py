@@ -30,10 +30,8 @@ def _datasets(instances):
 
 
 @pytest.fixture(scope="module")
-def gateway(ray_cluster, service_dir, orthanc):
-    """The service (one replica per lane) and the gateway in front of it: MEDRAY -> routine, MEDRAY_ER -> emergency."""
-    import ray
-
+def pacs_service(ray_cluster, service_dir):
+    """The service, one replica per lane, and the gateway's token file (scopes clinic, emergency)."""
     root, _ = service_dir
     token_file = root / "gateway.token"
     token_file.write_text(add_client(root / "tokens.json", "dicom-gateway", ["clinic", "emergency"]))
@@ -44,6 +42,16 @@ def gateway(ray_cluster, service_dir, orthanc):
         "experts": {"CT/CHEST": "nodule:latest", "CT/HEAD": "ich:latest"},
         "lanes": {"routine": {"min_replicas": 1, "max_replicas": 1}, "emergency": {"min_replicas": 1, "max_replicas": 1}},
     })
+    yield url, token_file, root
+    stop_local()
+
+
+@pytest.fixture(scope="module")
+def gateway(pacs_service, orthanc):
+    """The gateway in front of the service (MEDRAY -> routine, MEDRAY_ER -> emergency), SRs to Orthanc."""
+    import ray
+
+    url, token_file, root = pacs_service
     actor = start_gateway({
         "routes": {"MEDRAY": "routine", "MEDRAY_ER": "emergency"}, "service_url": url,
         "token_file": str(token_file), "host": "127.0.0.1", "port": 0, "quiet_s": QUIET_S,
@@ -51,10 +59,9 @@ def gateway(ray_cluster, service_dir, orthanc):
         "archive": {"host": "127.0.0.1", "port": orthanc.dicom_port, "aet": orthanc.aet},
     }, name="test-dicom-gateway", num_cpus=0)
     host, port = ray.get(actor.address.remote())
-    yield actor, host, port, root, url, token_file.read_text()
+    yield actor, host, port, root
     ray.get(actor.stop.remote())
     ray.kill(actor)
-    stop_local()
 
 
 def _outcomes(actor, n, timeout_s=60):
@@ -79,7 +86,7 @@ def test_orthanc_answers_echo_and_dicomweb(orthanc):
 
 
 def test_a_ct_stored_into_medray_comes_back_to_the_pacs_as_an_sr(gateway, orthanc):
-    actor, host, port, root, _, _ = gateway
+    actor, host, port, root = gateway
     before = len(_outcomes(actor, 0))
     series = _datasets(_dicom.series(20, body_part="CHEST"))
     assert store_instances(series, host=host, port=port, called_aet="MEDRAY", calling_aet="CT_SCANNER") == [0] * 20
@@ -145,8 +152,9 @@ def test_bad_input_gets_dicom_statuses_and_the_gateway_goes_on(gateway):
     assert (outcome["status"], outcome["reason"]) == (422, "unsupported_modality") and "sr_uid" not in outcome
 
 
-def test_stow_rs_answers_the_store_instances_response(gateway):
-    *_, url, token = gateway
+def test_stow_rs_answers_the_store_instances_response(pacs_service):
+    url, token_file, _ = pacs_service
+    token = token_file.read_text()
     auth = {"Authorization": f"Bearer {token}"}
     series = _datasets(_dicom.series(4, body_part="CHEST"))
     answer = DICOMwebClient(f"{url}/dicomweb", headers=auth).store_instances(series)
