@@ -52,7 +52,7 @@ from medray.errors import ConfigError, MedrayError
 from medray.imaging.normalize import WINDOWS, InputSpec
 from medray.logs import get_logger
 from medray.metrics import counter
-from medray.privacy.pixels import DeviceRegions, require_tesseract
+from medray.privacy.pixels import load_regions, require_tesseract
 from medray.privacy.ps315 import (
     OPTIONS_TABLE,
     PROFILE_CODES,
@@ -61,6 +61,7 @@ from medray.privacy.ps315 import (
     applied_codes,
     method_description,
 )
+from medray.privacy.ps315_options import parse_safe_private
 from medray.privacy.pseudonym import key_id, load_key
 from medray.scheduling.load import current_node_type
 from medray.scheduling.placement import Placement
@@ -519,33 +520,6 @@ _DEID_FLAGS = {
 }
 
 
-def _safe_private(entries: Sequence[str]) -> frozenset[tuple[str, int, int]]:
-    """--safe-private values as DeidOptions.safe_private; ConfigError for a malformed one."""
-    safe = set()
-    for entry in entries:
-        parts = entry.split(",", 2)
-        try:
-            safe.add((parts[2].strip(), int(parts[0], 16), int(parts[1], 16)))
-        except (IndexError, ValueError):
-            raise ConfigError(f"--safe-private takes GGGG,EE,CREATOR (hex group and element byte), "
-                              f"e.g. 0043,27,GEMS_PARM_01; got {entry!r}") from None
-    return frozenset(safe)
-
-
-def _pixel_regions(path: str | None) -> tuple[DeviceRegions, ...]:
-    """--pixel-regions: the devices' annotation regions from a JSON file; ConfigError when bad."""
-    if path is None:
-        return ()
-    try:
-        entries = json.loads(Path(path).read_text())
-        return tuple(DeviceRegions(str(e.get("manufacturer", "")), str(e.get("model", "")), int(e["rows"]),
-                                   int(e["columns"]), tuple(tuple(int(v) for v in b) for b in e["boxes"]))
-                     for e in entries)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        raise ConfigError(f"--pixel-regions {path}: not a JSON list of {{manufacturer, model, rows, "
-                          f"columns, boxes}} ({type(e).__name__})") from None
-
-
 def _parser() -> argparse.ArgumentParser:
     p = pipeline_parser(PIPELINE, __doc__, input_help="folder of DICOM files (searched recursively)",
                         output_help="output folder (volumes/, quarantine, manifest)")
@@ -594,13 +568,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                              retain_patient_characteristics=args.retain_patient_characteristics,
                              **{flag: getattr(args, flag) for flag in _DEID_FLAGS},
                              retain_safe_private=bool(args.safe_private),
-                             safe_private=_safe_private(args.safe_private)),
+                             safe_private=parse_safe_private(args.safe_private)),
             concurrency=args.concurrency,
             resume=args.resume,
             grouping=args.grouping,
             export_dicom=args.export_dicom,
             clean_pixel_data=args.clean_pixel_data,
-            pixel_regions=_pixel_regions(args.pixel_regions),
+            pixel_regions=load_regions(args.pixel_regions) if args.pixel_regions else (),
         )
         connect()
         summary = preprocess_dicom(args.input, args.output, key=key, options=options)

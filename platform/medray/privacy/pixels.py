@@ -17,17 +17,20 @@ install line, where it is missing.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
 
 from medray.errors import ConfigError, DicomError
 
-__all__ = ["PIXEL_REASONS", "DeviceRegions", "TextBox", "clean_pixels", "find_text", "require_tesseract"]
+__all__ = ["PIXEL_REASONS", "DeviceRegions", "TextBox", "clean_pixels", "find_text", "load_regions",
+           "require_tesseract"]
 
 # Reason codes of this module (quarantine records).
 PIXEL_REASONS: tuple[str, ...] = ("burned_in_text",)
@@ -75,6 +78,19 @@ class DeviceRegions:
         model = str(ds.get("ManufacturerModelName", "") or "").strip().upper()
         return (manufacturer.startswith(self.manufacturer.upper()) and model.startswith(self.model.upper())
                 and (ds.get("Rows"), ds.get("Columns")) == (self.rows, self.columns))
+
+
+def load_regions(path: str | Path) -> tuple[DeviceRegions, ...]:
+    """Devices' annotation regions from a JSON file: a list of {manufacturer, model, rows, columns,
+    boxes: [[left, top, width, height], ...]}; ConfigError for a file that is not that."""
+    try:
+        entries = json.loads(Path(path).read_text())
+        return tuple(DeviceRegions(str(e.get("manufacturer", "")), str(e.get("model", "")), int(e["rows"]),
+                                   int(e["columns"]), tuple(tuple(int(v) for v in b) for b in e["boxes"]))
+                     for e in entries)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ConfigError(f"{path}: not a JSON list of {{manufacturer, model, rows, columns, boxes}} "
+                          f"({type(e).__name__})") from None
 
 
 @functools.cache

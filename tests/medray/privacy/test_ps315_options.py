@@ -15,7 +15,7 @@ from pydicom.sequence import Sequence
 from pydicom.valuerep import validate_value
 
 from medray.errors import ConfigError
-from medray.privacy import ps315
+from medray.privacy import ps315, ps315_options
 from medray.privacy.ps315 import PROFILE_CODES, DeidOptions, deidentify, method_description, options_table
 from medray.privacy.pseudonym import date_shift_days, pseudo_uid, pseudonym
 
@@ -26,7 +26,7 @@ DESCRIPTOR = f"CHEST {FAMILY} 20200131"  # what C on text gets: a safe word, a n
 IDENTIFIER = f"{FAMILY} Rita"
 NESTED_UID = "1.2.826.0.1.3680043.8.498.5"
 _TIMEZONE = 0x00080201  # Timezone Offset From UTC (SH): C under modified dates, kept as it is
-OPTIONS = [name for name in ps315._OPTIONS if name != "retain_safe_private"]
+OPTIONS = [name for name in ps315_options.OPTIONS if name != "retain_safe_private"]
 
 
 def _rows() -> list[tuple[int, str, dict[str, str]]]:
@@ -34,7 +34,7 @@ def _rows() -> list[tuple[int, str, dict[str, str]]]:
     plain tags (not group 0000 or 0002) that pydicom's dictionary knows."""
     rows = []
     for row in options_table():
-        pattern = ps315._pattern(row["tag"])
+        pattern = ps315_options.tag_pattern(row["tag"])
         if pattern is None or pattern[2] != 0xFFFF or pattern[3] != 0xFFFF or pattern[0] in (0, 2):
             continue
         tag = pattern[0] << 16 | pattern[1]
@@ -146,7 +146,7 @@ def _cleaned_ok(tag: int, vr: str, out: Dataset, basic: Dataset) -> bool:
 
 @pytest.mark.parametrize("option", OPTIONS)
 def test_an_option_changes_exactly_the_attributes_its_column_names(option):
-    column = ps315._OPTIONS[option][0]
+    column = ps315_options.OPTIONS[option][0]
     named = {tag: row[column] for tag, _, row in ROWS if column in row}
     assert named, column
     cleaned = {tag for tag, verdict in named.items() if verdict == "C"}

@@ -93,6 +93,7 @@ def test_resume_needs_the_export_too(export_run, clean_run, key):
 def test_the_cli_takes_every_ps315_option():
     from medray.errors import ConfigError
     from medray.privacy.ps315 import DeidOptions
+    from medray.privacy.ps315_options import parse_safe_private
     from workloads.preprocess import dicom
 
     names = [name for name in dicom._DEID_FLAGS if name != "retain_full_dates"]  # excludes --retain-dates
@@ -100,24 +101,22 @@ def test_the_cli_takes_every_ps315_option():
                                        "--safe-private", "0043,27,GEMS_PARM_01",
                                        *[f"--{name.replace('_', '-')}" for name in names]])
     assert args.export_dicom and all(getattr(args, name) for name in names)
-    assert dicom._safe_private(args.safe_private) == frozenset({("GEMS_PARM_01", 0x0043, 0x27)})
-    DeidOptions(retain_safe_private=True, safe_private=dicom._safe_private(args.safe_private))
+    assert parse_safe_private(args.safe_private) == frozenset({("GEMS_PARM_01", 0x0043, 0x27)})
+    DeidOptions(retain_safe_private=True, safe_private=parse_safe_private(args.safe_private))
     with pytest.raises(ConfigError, match="GGGG,EE,CREATOR"):
-        dicom._safe_private(["GEMS_PARM_01"])
+        parse_safe_private(["GEMS_PARM_01"])
 
 
-def test_the_cli_reads_pixel_regions(tmp_path):
+def test_pixel_regions_are_read_from_a_json_file(tmp_path):
     from medray.errors import ConfigError
-    from medray.privacy.pixels import DeviceRegions
-    from workloads.preprocess import dicom
+    from medray.privacy.pixels import DeviceRegions, load_regions
 
     good = tmp_path / "regions.json"
     good.write_text(json.dumps([{"manufacturer": "SIEMENS", "model": "SOMATOM", "rows": 512, "columns": 512,
                                  "boxes": [[0, 0, 200, 24]]}]))
     expected = DeviceRegions("SIEMENS", "SOMATOM", 512, 512, ((0, 0, 200, 24),))
-    assert dicom._pixel_regions(str(good)) == (expected,)
+    assert load_regions(good) == (expected,)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"rows": 512}]))
-    with pytest.raises(ConfigError, match="--pixel-regions"):
-        dicom._pixel_regions(str(bad))
-    assert dicom._pixel_regions(None) == ()
+    with pytest.raises(ConfigError, match="not a JSON list"):
+        load_regions(bad)
