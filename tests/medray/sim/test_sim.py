@@ -153,6 +153,23 @@ def test_a_tripped_guard_takes_the_nodes_work_elsewhere(trace):
     assert [e for e in static.events if e[1] == "replica-lost"]  # without a guard its replica served to the end
 
 
+def test_a_lost_training_gpu_costs_research_its_work_since_the_last_checkpoint(trace):
+    # One 2-worker run on both training GPUs, one of which is lost: the run falls back to its last
+    # checkpoint and waits in the queue (its gang no longer fits on the one GPU left).
+    config = _config({**trace, "lanes": [dict(trace["lanes"][0], bursts=[])],
+                      "runs": [{"job_id": "r", "submit_s": 0, "workers": 2, "min_workers": 2, "gpu_s": 1e6}],
+                      "faults": {"count": 1, "roles": ["train"], "fail_after_s": 60}})
+    every = config.research.checkpoint_every_s
+    for policy in (STATIC, MEDRAY):
+        log = simulate(config, policy)
+        (failed,) = [t for t, what, _ in log.events if what == "gpu-failed"]
+        trained = failed - config.service.run_restart_s
+        kept = (trained // every) * every
+        assert log.research_lost_fault_gpu_s == pytest.approx(2 * (trained - kept))
+        assert log.research_done_gpu_s == pytest.approx(2 * kept)
+        assert [what for _, what, _ in log.events].count("run-start") == 1
+
+
 def test_calibration_against_the_recorded_burst_benchmark():
     comparison = calibrate(SIM / "local_burst.yaml")
     assert comparison.recorded == RECORDED
