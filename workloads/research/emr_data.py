@@ -22,14 +22,12 @@ import pyarrow.parquet as pq
 import torch
 
 from medray.data.emr_codes import OUTCOME_CODE, category, draw_histories
+from medray.data.labels import ICD10_COLUMN
+from medray.data.shards import PATIENT_PSEUDONYM
 from medray.errors import ConfigError
 from workloads.research.emr_model import Bags, EmrNetConfig
 
 __all__ = ["EmrExamples", "hash_rows", "load_examples", "synthetic_examples"]
-
-PATIENT_PSEUDONYM = "patient_pseudonym"
-ICD10_COLUMN = "icd10_code"
-
 
 def hash_rows(values: np.ndarray, rows: int, *, salt: str) -> np.ndarray:
     """The row of each string in a table of ``rows`` rows: BLAKE2b-64 of ``salt:value`` mod ``rows``."""

@@ -37,3 +37,22 @@ def test_settings_are_checked_at_the_boundary():
     with pytest.raises(ConfigError, match="GROUP="):
         EmrTrainConfig(synthetic_patients=10, route="codes=gpu")
     assert EmrTrainConfig(synthetic_patients=10, batch_size=4, max_steps=3).total_steps(10) == 3
+
+
+def test_the_cohort_de_identified_is_training_data(tmp_path):
+    """medray synth's EMR through the pipeline's de-identification: the outcome and the codes survive."""
+    from datetime import date
+
+    import pyarrow.csv as pa_csv
+
+    from medray.data.cohort import generate_cohort
+    from medray.privacy.emr import EmrMapping, deidentify_table
+
+    generate_cohort(tmp_path / "c", patients=40, seed=2, rows=32, slices=2, nodule_fraction=0.0)
+    mapping = EmrMapping.default()
+    out = deidentify_table(pa_csv.read_csv(tmp_path / "c/emr/diagnoses.csv"), mapping.tables["diagnoses"],
+                           b"k" * 32, age_reference_date=date(2024, 1, 1)).table
+    pq.write_table(out, tmp_path / "diagnoses.parquet")
+    ex = load_examples(tmp_path / "diagnoses.parquet", EmrNetConfig())
+    assert len(ex) == 40 and 0 < ex.labels.sum() < 40
+    assert (np.diff(ex.offsets) >= 1).all()  # every patient has a history
