@@ -19,10 +19,11 @@ its lane's ``queue_timeout_s`` for the model is answered 503 with ``Retry-After`
 time out.
 
 Route scopes: ``POST /v1/diagnose`` needs ``clinic``; ``POST /emergency/v1/diagnose`` needs
-``emergency``; ``POST /dicomweb/studies`` and ``POST /emergency/dicomweb/studies`` (STOW-RS: the same
-diagnosis, answered with PS3.18's Store Instances Response) need the same scopes; ``GET /v1/models`` needs ``research`` or ``admin``; ``PUT /v1/models/active`` needs
-``admin``; ``/healthz`` and the OpenAPI docs are open (they hold no data). Every request to a
-``/v1`` route, refused or not, appends one audit entry.
+``emergency``; ``POST /dicomweb/studies`` and ``POST /emergency/dicomweb/studies`` (STOW-RS: the
+same diagnosis, answered with PS3.18's Store Instances Response) need the same scopes;
+``GET /v1/models`` needs ``research`` or ``admin``; ``PUT /v1/models/active`` needs ``admin``;
+``/healthz`` and the OpenAPI docs are open (they hold no data). Every request to a ``/v1`` or
+``/dicomweb`` route, refused or not, appends one audit entry.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the real annotation objects
@@ -385,8 +386,8 @@ class DiagnosisAPI(_Front):
             return self._finish(record, start, 307, None, {"Location": lane_url("emergency", "/v1/diagnose")})
         return await self._handle_diagnose(request, "POST /v1/diagnose")
 
-    @fastapi_app.post("/dicomweb/studies", openapi_extra=_DICOM_BODY, responses={**_ERRORS, 200: {"content": {DICOM_JSON: {}}},
-                                                                             409: {"content": {DICOM_JSON: {}}}},
+    @fastapi_app.post("/dicomweb/studies", openapi_extra=_DICOM_BODY,
+                      responses={**_ERRORS, 200: {"content": {DICOM_JSON: {}}}, 409: {"content": {DICOM_JSON: {}}}},
                       summary="STOW-RS (PS3.18 10.5): diagnose a series, answer the Store Instances Response "
                               "(scope: clinic)")
     async def stow(self, request: Request) -> Response:
