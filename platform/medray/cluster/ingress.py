@@ -43,6 +43,10 @@ INGRESS_SETTINGS = {
     # (Serve's default 30 s is for balancers outside Serve); Serve reloads its own HAProxy within a
     # second of the change, and a replica lent by the broker should go home soon after.
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    # How long Serve waits for a starting proxy (here the HAProxy manager) before it kills it and
+    # starts another (Serve's default 5 s, three times): on a loaded 2-core machine the manager took
+    # 22 s to start, was killed, and `serve.start` failed with ActorDiedError.
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
 }
 """What every node of a medray cluster runs with (cluster.yaml's start commands, the KubeRay pods);
 :func:`ingress_env` adds each node's own files and ports."""

@@ -8,6 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
+from medray.cluster.ingress import INGRESS_SETTINGS
 from medray.cluster.node_types import node_types_from_config
 from medray.cluster.ray_internals import validate_cluster_config
 from tests.conftest import CLUSTER_YAML
@@ -33,6 +34,12 @@ def test_token_auth_is_on_for_every_ray_start(config):
     ray_starts = [c for c in starts if "ray start" in c]
     assert len(ray_starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in ray_starts)
     assert "~/.ray/auth_token" in config["file_mounts"]
+
+
+def test_every_ray_start_runs_the_haproxy_front_door(config):
+    starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
+    for key, value in INGRESS_SETTINGS.items():
+        assert all(f"{key}={value} " in c for c in starts), key
 
 
 def test_min_max_workers_and_prices(config):
@@ -64,3 +71,4 @@ def test_kuberay_manifest_mirrors_the_node_types(config):
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
         assert env["RAY_AUTH_MODE"]["value"] == "token"
         assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+        assert {k: env[k]["value"] for k in INGRESS_SETTINGS} == INGRESS_SETTINGS
