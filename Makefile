@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.medray-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean browser
+.PHONY: demo test install clean browser sim
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ browser:
 	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the report rendering test will be skipped"; }
+
+# A hospital day at fleet scale, simulated with medray's own policy code (docs/simulation.md).
+sim: $(STAMP)
+	$(PY) benchmarks/sim_day.py --png medray-sim-day.png --json medray-sim-day.json
 
 clean:
 	rm -rf medray-demo .pytest_cache
