@@ -7,15 +7,15 @@ joins with the images, not Safe Harbor; see :mod:`medray.privacy.emr`).
 or :func:`preprocess_emr` from a notebook. Every ``.parquet`` / ``.csv`` file under IN is one
 table part: ``IN/labs.csv`` is table ``labs``, ``IN/labs/2024-01.parquet`` a part of it. Each part
 is one task on a prep node that applies :func:`medray.privacy.emr.deidentify_table` (pyarrow
-compute, no per-row Python but for notes) and writes ``OUT/<table>.parquet`` (a part at the top of IN)
-or ``OUT/<table>/<file id>.parquet`` (a part in a table folder: sub-folder and file names of real
+compute, no per-row Python but for notes) and writes ``OUT/<table>.parquet`` (a part at the top of
+IN) or ``OUT/<table>/<file id>.parquet`` (a part in a table folder: sub-folder and file names of real
 exports may hold patient names, so parts are named by a keyed hash of their path,
-:func:`workloads.preprocess.runs.file_id`, in outputs, the manifest and logs alike). Column roles come
-from the mapping (default: the synthetic cohort's, :meth:`EmrMapping.default`); parts of tables it
-does not name are skipped and reported by file id, columns it does not name are dropped. Columns
+:func:`workloads.preprocess.runs.file_id`, in outputs, the manifest and logs alike). Column roles
+come from the mapping (default: the synthetic cohort's, :meth:`EmrMapping.default`); parts of tables
+it does not name are skipped and reported by file id, columns it does not name are dropped. Columns
 mapped as ``note`` are scrubbed (:mod:`medray.privacy.notes`) with a name dictionary that adds the
-words of every ``name`` column of the run (the driver reads those columns first). Under ``longitudinal``, ``patient_pseudonym`` equals
-the DICOM pipeline's PatientID pseudonym, so the outputs join on it; under ``safe_harbor`` it is a
+words of every ``name`` column of the run (the driver reads those columns first). Under
+``longitudinal``, ``patient_pseudonym`` equals the DICOM pipeline's PatientID pseudonym, so the outputs join on it; under ``safe_harbor`` it is a
 random code from the crosswalk file (``--crosswalk``, kept with the key), which the driver fills from
 every table's identifiers before the tasks start, so codes agree across tables and exports.
 ``OUT/manifest.json`` records the key id, the mapping with its profile, the rule the profile
