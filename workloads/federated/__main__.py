@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of each site's patients held out for the site's evaluation")
     p.add_argument("--reconstruction-threshold", type=float, default=d.reconstruction_threshold,
                    help="SecAgg+: share of a site's key shares needed to recover it if it drops")
+    p.add_argument("--plain-aggregation", action="store_true",
+                   help="Flower's plain FedAvg exchange instead of SecAgg+, to measure SecAgg+'s cost (sites "
+                        "whose policy requires secure aggregation refuse)")
     p.add_argument("--cpus-per-site", type=float, default=d.cpus_per_site)
     p.add_argument("--registry", help="model registry folder; the model is not registered without it")
     p.add_argument("--name", default=d.name, help="registry model name (default %(default)s)")
@@ -51,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sites=tuple(parse_site(s) for s in args.site), rounds=args.rounds, strategy=args.strategy,
             proximal_mu=args.proximal_mu, reconstruction_threshold=args.reconstruction_threshold,
             cpus_per_site=args.cpus_per_site, registry=args.registry, name=args.name,
+            secure_aggregation=not args.plain_aggregation,
             local=LocalTraining(epochs=args.local_epochs, batch_size=args.batch_size, lr=args.lr,
                                 width=args.width, seed=args.seed, val_fraction=args.val_fraction))
         result = federate(config)

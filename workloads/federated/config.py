@@ -47,6 +47,9 @@ class FederatedConfig:
     num_shares: float = 1.0
     reconstruction_threshold: float = 0.67
     max_weight: float = 1000.0  # the most training volumes one site may weigh in with
+    # False: Flower's plain fit workflow, to measure what SecAgg+ costs; sites whose policy requires
+    # secure aggregation (the default) refuse to release their updates then.
+    secure_aggregation: bool = True
     cpus_per_site: float = 1.0
     timeout_s: float | None = 600.0  # per SecAgg+ stage: a site slower than this counts as dropped
     registry: str | None = None

@@ -240,7 +240,7 @@ def federate(config: FederatedConfig, *, client_factory: ClientFactory = nodule_
         fit_workflow = SecAggPlusWorkflow(num_shares=config.num_shares,
                                           reconstruction_threshold=config.reconstruction_threshold,
                                           max_weight=config.max_weight, clipping_range=clipping_range,
-                                          timeout=config.timeout_s)
+                                          timeout=config.timeout_s) if config.secure_aggregation else None
         app = ServerApp()
 
         @app.main()
