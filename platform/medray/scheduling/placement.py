@@ -7,8 +7,11 @@ Every workload asks here instead of naming nodes. The policy, in order:
 0. **CPU-only work goes to CPU-only node types first**, whatever its role order: GPU nodes take
    CPU-only work only once the CPU nodes it may use are full (Ray's fallback does that part), so
    CPU tasks never crowd out the GPUs' host CPUs while CPU nodes are free.
-1. **Site is a wall.** A profile pinned to a site only ever gets node types of that site (any role
-   there, its own roles first). An unpinned profile only gets the roles it lists.
+1. **Site is a wall, both ways.** A profile pinned to a site only ever gets node types of that site
+   (any role there, its own roles first). An unpinned profile only gets the roles it lists, at the
+   home site (the head's): work that does not name a partner site never runs there, so the main
+   hospital's data never moves to a partner's nodes (45 CFR 164.502(b), minimum necessary; the
+   design's "PHI never leaves its site").
 2. **Roles are preferences.** Listed roles are tried in order; later roles are fallbacks.
 3. **Storage is a preference** (e.g. ``nvme`` for I/O-heavy preprocessing).
 4. **Real-time work prefers always-on node types** (``min_workers >= 1``): it cannot wait minutes
@@ -204,14 +207,17 @@ def _feasible(profile: WorkloadProfile, types: Sequence[NodeType]) -> list[NodeT
             if t.site == profile.site and (t.role != "coordinator" or t.role in profile.roles)
         ]
     else:
-        allowed = [t for t in types if t.role in profile.roles]
+        home = {t.site for t in types if t.is_head}
+        allowed = [t for t in types if t.role in profile.roles and (not home or t.site in home)]
     feasible = [t for t in allowed if _fits(profile, t)]
     if not feasible:
-        where = f" at site {profile.site!r}" if profile.site else ""
+        home = sorted({t.site for t in types if t.is_head})
+        where = f" at site {profile.site!r}" if profile.site else (f" at the home site {home[0]!r}" if home else "")
+        hint = " or pin it to a site (WorkloadProfile(site=...))" if where.startswith(" at the home") else ""
         raise PlacementError(
             f"no node type{where} with roles {profile.roles} fits {profile.num_cpus} CPU, "
             f"{profile.num_gpus} GPU, {profile.gpu_memory_gb} GB GPU memory: "
-            "add such a node type to cluster.yaml or ask for less"
+            f"add such a node type to cluster.yaml or ask for less{hint}"
         )
     return feasible
 

@@ -41,7 +41,8 @@ def run_where(profile, node_types, n=1):
 
 @pytest.mark.parametrize("role", ["prep", "infer", "train", "edge", "coordinator"])
 def test_work_pinned_to_a_role_lands_only_there(ray_cluster, node_types, role):
-    profile = WorkloadProfile(roles=(role,), num_cpus=0.1)
+    # Edge nodes are all at partner sites: work goes there only when pinned to one.
+    profile = WorkloadProfile(roles=(role,), num_cpus=0.1, site="partner-a" if role == "edge" else None)
     landed = run_where(profile, node_types, n=6)
     assert {labels["medray.io/role"] for labels in landed} == {role}
 

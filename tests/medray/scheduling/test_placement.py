@@ -77,6 +77,18 @@ def test_site_pinning_never_leaves_the_site(node_types):
               node_types)
 
 
+def test_unpinned_work_never_lands_at_a_partner_site(node_types):
+    # A partner hospital's own prep node: unpinned preprocessing (the main hospital's data) must not go there.
+    partner_prep = NodeType(name="prep-partner-a", role="prep", site="partner-a", storage="nvme",
+                            price_per_hour=0.001, cpus=8, gpus=0, min_workers=1, max_workers=1)
+    p = place(WorkloadProfile(roles=("prep",)), [partner_prep, *node_types])
+    assert "prep-partner-a" not in names(p) and {t.site for t in p.candidates} == {"main"}
+    with pytest.raises(PlacementError, match="at the home site 'main'.*pin it to a site"):
+        place(WorkloadProfile(roles=("edge",), num_cpus=1), node_types)
+    pinned = place(WorkloadProfile(roles=("prep",), site="partner-a"), [partner_prep, *node_types])
+    assert names(pinned)[0] == "prep-partner-a"
+
+
 def test_realtime_prefers_always_on_types():
     def t(name, price, min_workers):
         return NodeType(name=name, role="infer", site="main", storage="nvme", price_per_hour=price,
