@@ -8,7 +8,9 @@ last one through the emergency lane, plus pydicom's ``CT_small.dcm``, and counts
 findings against the cohort's ground truth. Without a training stage in the run (``--only
 diagnosis``) it sends the cohort's last studies and says that their split is unknown. It writes its tokens and audit log under ``ctx.out/diagnosis/`` and two figures under
 ``ctx.out/figures/``: the studies it sent with the model's findings (``diagnosis-findings.png``) and
-where each request's time went (``diagnosis-latency.png``).
+where each request's time went (``diagnosis-latency.png``). Where Orthanc is installed it also
+runs the hospital round trip once (:mod:`workloads.diagnosis.round_trip`, docs/pacs.md): the first
+study by C-STORE through the DICOM gateway, its SR found in a private Orthanc.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from medray.demo.report import FIGURES_DIR, figure_entry
 from medray.demo.runner import DemoContext
 from medray.dicom.multipart import DICOM, encode_series
 from medray.dicom.volume import DEFAULT_MAX_PIXELS
-from medray.errors import RegistryError
+from medray.errors import MedrayError, RegistryError
 from medray.imaging.normalize import InputSpec
 from medray.models.findings import finding_spec
 from medray.models.registry import resolve
@@ -143,6 +145,30 @@ def _latency_figure(ctx: DemoContext, answers: list[_Answer]) -> dict[str, str]:
                                        "lane's first request also loads the model)")
 
 
+def _pacs(ctx: DemoContext, url: str, token: str, work: Path, request: _Request) -> dict[str, Any]:
+    """The hospital round trip with a private Orthanc where it is installed (docs/pacs.md)."""
+    from medray.dicom.orthanc import orthanc_missing
+    from workloads.diagnosis.round_trip import pacs_round_trip
+
+    if missing := orthanc_missing():
+        ctx.say(f"PACS round trip skipped: {missing}")
+        return {"skipped": missing}
+    token_file = work / "gateway.token"
+    token_file.unlink(missing_ok=True)
+    token_file.touch(mode=0o600)
+    token_file.write_text(token)
+    try:
+        summary = pacs_round_trip(url, token_file, request.instances, work / "orthanc")
+    except MedrayError as e:  # the messages carry no PHI
+        ctx.say(f"PACS round trip failed: {e}")
+        return {"error": str(e)}
+    found = (f"found in Orthanc by QIDO-RS {summary['sr_found_s']} s after the series completed"
+             if summary["sr_found"] else "NOT found in Orthanc")
+    ctx.say(f"PACS round trip: {request.name} C-STOREd to AE MEDRAY ({summary['instances']} instances), "
+            f"finding {summary['finding']}, its SR {found}")
+    return summary
+
+
 def stage(ctx: DemoContext) -> dict[str, Any]:
     """Deploy, diagnose, show findings and latency, verify the audit log, tear down."""
     from pydicom.data import get_testdata_file
@@ -181,6 +207,7 @@ def stage(ctx: DemoContext) -> dict[str, Any]:
     try:
         with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {clinic}"}) as client:
             answers = [_post(client, request) for request in requests]
+        pacs = _pacs(ctx, url, clinic, work, requests[0])
     finally:
         stop_local()
     findings, lines = [], []
@@ -205,5 +232,5 @@ def stage(ctx: DemoContext) -> dict[str, Any]:
     ctx.say(f"audit log: {audit.entries} entries, chain {'verified' if audit.ok else 'BROKEN'} "
             f"(`medray audit verify {work / 'audit.jsonl'}`)")
     return {"model": model, "studies": len(scored), "held_out": held_out is not None, "correct": correct,
-            "requests": len(answers), "audit_entries": audit.entries, "audit_ok": audit.ok, "findings": findings,
+            "requests": len(answers), "pacs": pacs, "audit_entries": audit.entries, "audit_ok": audit.ok, "findings": findings,
             "figures": [_findings_figure(ctx, manifest.spec, answers), _latency_figure(ctx, answers)]}

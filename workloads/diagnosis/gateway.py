@@ -203,11 +203,13 @@ class DicomGateway:
 
 
 def start_gateway(config: GatewayConfig | dict[str, Any], *, name: str = "medray-dicom-gateway",
-                  num_cpus: float = 0.5) -> Any:
+                  num_cpus: float = 0.5, timeout_s: float = 120.0) -> Any:
     """Start the gateway as a named Ray actor on an ``infer`` node (the coordinator as fallback) of the
     connected cluster; returns its handle once it listens (``ray.get(handle.address.remote())``).
 
-    Stop it with ``ray.get(handle.stop.remote())`` then ``ray.kill(handle)``.
+    Stop it with ``ray.get(handle.stop.remote())`` then ``ray.kill(handle)``. ConfigError when it
+    does not listen within ``timeout_s`` (no node of those roles with ``num_cpus`` free, or its
+    port taken: the actor's error says which).
     """
     import ray
 
@@ -216,5 +218,10 @@ def start_gateway(config: GatewayConfig | dict[str, Any], *, name: str = "medray
     options = place(profile).ray_options()
     # The listener and the diagnosis workers are threads: the actor's methods must run beside them.
     actor = ray.remote(DicomGateway).options(name=name, max_concurrency=8, **options).remote(config)
-    ray.get(actor.address.remote())
+    try:
+        ray.get(actor.address.remote(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        ray.kill(actor)
+        raise ConfigError(f"the DICOM gateway was not placed within {timeout_s:.0f} s: no infer or coordinator "
+                          f"node has {num_cpus} CPUs free (`medray status`)") from None
     return actor

@@ -52,7 +52,14 @@ def test_stage_diagnoses_held_out_studies_and_draws_findings_and_latency(ray_clu
     said: list[str] = []
     ctx.say = said.append  # type: ignore[method-assign]
     result = stage(ctx)
-    assert result["requests"] == HELD_OUT + 1 and result["audit_ok"] and result["audit_entries"] == HELD_OUT + 1
+    # Where Orthanc is installed, the first study also went through the DICOM gateway (one more audit entry).
+    pacs = result["pacs"]
+    round_trip = 0 if "skipped" in pacs else 1
+    assert result["requests"] == HELD_OUT + 1 and result["audit_ok"]
+    assert result["audit_entries"] == HELD_OUT + 1 + round_trip
+    if round_trip:
+        assert pacs["stored"] and pacs["status"] == 200 and pacs["sr_found"], pacs
+        assert any(line.startswith("PACS round trip: ") and "SR found in Orthanc" in line for line in said)
     # Every scored study is of a patient the model never trained on; one went through the emergency lane.
     assert result["held_out"] and result["studies"] == HELD_OUT
     scored = [f for f in result["findings"] if f["split"] != "-"]
