@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.medray-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean browser sim
+.PHONY: demo test install clean browser pacs sim
 
 install: $(STAMP)
 
@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,dali]" || echo "nvidia-dali not installable here: DALI tests will skip"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) pacs
 	$(PY) -m medray demo
 
-test: $(STAMP) browser
+test: $(STAMP) browser pacs
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Headless Chromium renders the demo report in a test (Debian's package; skipped where unavailable).
@@ -30,6 +30,13 @@ browser:
 	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the report rendering test will be skipped"; }
+
+# Orthanc and its DICOMweb plugin (Debian) are the PACS of the integration tests and the demo (skipped where unavailable).
+pacs:
+	@{ command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ]; } && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb dcmtk >/dev/null) \
+	  || echo "orthanc not installed: the PACS tests will be skipped"; }
 
 # A hospital day at fleet scale, simulated with medray's own policy code (docs/simulation.md).
 sim: $(STAMP)
