@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.medray-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean browser pacs sim
+.PHONY: demo test install clean browser pacs ocr sim
 
 install: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) pacs
 	$(PY) -m medray demo
 
-test: $(STAMP) browser pacs
+test: $(STAMP) browser pacs ocr
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Headless Chromium renders the demo report in a test (Debian's package; skipped where unavailable).
@@ -37,6 +37,13 @@ pacs:
 	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb dcmtk >/dev/null) \
 	  || echo "orthanc not installed: the PACS tests will be skipped"; }
+
+# Tesseract (Debian) is Clean Pixel Data's OCR gate; its tests render text in DejaVu Sans (skipped where unavailable).
+ocr:
+	@{ command -v tesseract >/dev/null && [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; } || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr fonts-dejavu-core >/dev/null) \
+	  || echo "tesseract not installed: the OCR gate's tests will be skipped"; }
 
 # A hospital day at fleet scale, simulated with medray's own policy code (docs/simulation.md).
 sim: $(STAMP)
