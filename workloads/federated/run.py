@@ -78,7 +78,8 @@ class UpdateStrategy(Strategy):
     def aggregate_fit(self, server_round: int, results: list[tuple[Any, FitRes]], failures: list[Any]) -> Any:
         aggregated, metrics = self.inner.aggregate_fit(server_round, results, failures)
         if aggregated is None:
-            raise RuntimeError(f"round {server_round} aggregated nothing ({len(failures)} failures)")
+            first = str(failures[0][1] if isinstance(failures[0], tuple) else failures[0])[:300] if failures else ""
+            raise RuntimeError(f"round {server_round} aggregated nothing ({len(failures)} failures; first: {first})")
         update = parameters_to_ndarrays(aggregated)
         self.current = [(g + u).astype(g.dtype) for g, u in zip(self.current, update)]
         contributed = sorted(self.sites[proxy.node_id] for proxy, _ in results)

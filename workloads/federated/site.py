@@ -3,8 +3,9 @@
 :class:`SiteNode` is one Flower node. It starts on a node of its site (a hard label selector from
 :func:`medray.cluster.sites.site_options`; no fallback) and checks that it did before anything else,
 reads the site's operator policy (:mod:`workloads.federated.privacy`), and runs a Flower
-``ClientApp`` with the mods ``[secaggplus_mod, SiteDpFilter]``: every train message's update is
-clipped and noised by the site's filter, then masked by SecAgg+, inside this actor.
+``ClientApp`` with the mods ``[secaggplus_mod, SiteDpFilter]`` (SecAgg+'s mod for SecAgg+ messages):
+every train message's update is clipped and noised by the site's filter, then masked by SecAgg+,
+inside this actor.
 
 :class:`NoduleClient` is the research workload's model trained on the site's shards: ``fit`` returns
 the round's update ``w_local - w_global`` (not the weights: the DP filter bounds the update, and
@@ -14,7 +15,6 @@ on the site's held-out patients.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,7 @@ class SiteNode:
         from flwr.app import Context, RecordDict
         from flwr.client.mod import secaggplus_mod
         from flwr.clientapp import ClientApp
+        from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
         from flwr.supercore.task_identity import TaskIdentity
 
         require_site(site, root)  # before any file of the site is opened
@@ -99,12 +100,19 @@ class SiteNode:
         self._client = client_factory(site, self.root, settings)
         self._context = Context(run_id=1, node_id=node_id, node_config={"site": site}, state=RecordDict(),
                                 run_config={})
+
+        def secure_aggregation(msg: Any, ctxt: Any, call_next: Any) -> Any:
+            # SecAgg+ messages carry its config record; a plain train message (--plain-aggregation)
+            # goes straight to the filter, which refuses it when the policy requires SecAgg+.
+            if RECORD_KEY_CONFIGS in msg.content.config_records:
+                return secaggplus_mod(msg, ctxt, call_next)
+            return call_next(msg, ctxt)
+
         self._app = ClientApp(client_fn=lambda context: self._client.to_client(),
-                              mods=[secaggplus_mod, self.filter])
-        self.busy_s = 0.0
+                              mods=[secure_aggregation, self.filter])
 
     def __repr__(self) -> str:
-        # Ray's actor records carry this (``repr_name``): where each site's reader ran can be audited.
+        # Ray prefixes the actor's log lines with it: which site a line came from.
         return f"SiteNode(site={self.site})"
 
     def describe(self) -> dict[str, Any]:
@@ -119,11 +127,7 @@ class SiteNode:
 
     def handle(self, message: Any) -> Any:
         """Run one Flower message through the ClientApp (mods included) and return its reply."""
-        t0 = time.perf_counter()
-        try:
-            return self._app(message, self._context)
-        finally:
-            self.busy_s += time.perf_counter() - t0
+        return self._app(message, self._context)
 
     def releases(self) -> int:
         """Updates this site has released (each spent one round of its privacy budget)."""
