@@ -29,7 +29,7 @@ import numpy as np
 from flwr.common import EvaluateIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg, FedProx, Strategy
 
-from medray.cluster.sites import site_options
+from medray.cluster.sites import current_site, site_options
 from medray.errors import ConfigError
 from medray.logs import get_logger
 from medray.models import build_model
@@ -122,6 +122,7 @@ class FederatedResult:
     stop_reason: str | None
     seconds: float
     stage_seconds: dict[str, float]
+    coordinator_site: str | None = None  # the medray.io/site of the node the coordinator ran on
     ref: str | None = None
     registry_path: str | None = None
     weights: list[np.ndarray] = field(default_factory=list, repr=False)
@@ -260,7 +261,7 @@ def federate(config: FederatedConfig, *, client_factory: ClientFactory = nodule_
             rounds=strategy.rounds, initial_val=initial_val, epsilon=eps,
             delta={s: p.delta for s, p in policies.items()}, sites=described, stop_reason=stop_reason,
             seconds=time.perf_counter() - t0, stage_seconds=dict(grid.stage_seconds),
-            weights=strategy.current, grid=grid)
+            coordinator_site=current_site(), weights=strategy.current, grid=grid)
         if config.registry:
             _register(result, config, model_config, spec)
         return result

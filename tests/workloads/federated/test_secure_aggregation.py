@@ -85,7 +85,7 @@ def test_masked_aggregate_equals_the_plain_mean_the_coordinator_sees_no_update_a
     assert len(result.rounds) == 2 and "stopped before round 3" in result.stop_reason
     policy = SitePolicy(site="main", epsilon_budget=BUDGET, **POLICY)
     assert [r["epsilon"]["main"] for r in result.rounds] == [epsilon(policy, 1), epsilon(policy, 2)]
-    assert all(r["sites"] == sorted(SITES) for r in result.rounds)
+    assert all(r["sites"] == sorted(SITES) for r in result.rounds) and result.coordinator_site == "main"
     # Each round adds the sites' mean update (the same update twice), within the quantisation error.
     for got, want in zip(result.weights, _mean(SITES)):
         np.testing.assert_allclose(got, 2 * want, atol=5e-4)
