@@ -16,7 +16,7 @@ training loop (rank 0, setup excluded) and held-out AUC. Then the goals as ratio
 of the hybrid / all-reducing the full tables (<= 10 %), samples/s hybrid / ddp (>= 1.5), AUC
 difference (<= 0.01).
 
-    python benchmarks/emr_hybrid.py                   # CPU, local cluster: ~1-2 minutes on 2 cores
+    python benchmarks/emr_hybrid.py --staleness 2     # CPU, local cluster: 7 min on the shared 2-core machine (load 30)
     python benchmarks/emr_hybrid.py --gpus 2          # towers on 2 GPU workers (NCCL), a running cluster
     python benchmarks/emr_hybrid.py --json out.json
 
