@@ -18,7 +18,7 @@ once, after which the few series found in more than one folder are processed aga
 Outputs under OUT:
 
 * ``volumes/<pseudonymous series UID>.parquet`` (schema: :mod:`medray.data.shards`),
-* ``quarantine.parquet`` (path relative to IN, reason code, PHI-free message),
+* ``quarantine.parquet`` (the file's keyed id, reason code, PHI-free message; ``runs.locate_files`` maps ids back),
 * ``manifest.json`` (schema version, key id, options, counts, node types, timings),
 * with ``--export-dicom``, ``dicom/<pseudonymous series UID>/<pseudonymous SOP Instance UID>.dcm``:
   every instance of the series written, de-identified in full, as a DICOM Part 10 file.
@@ -456,7 +456,7 @@ def preprocess_dicom(input: str | Path, output: str | Path, *, key: bytes,
     walls["process"] = time.perf_counter() - t0 - sum(walls.values())
 
     quarantined += [Quarantined(**q) for r in results for q in r["quarantine"]]
-    write_quarantine(quarantined, out / QUARANTINE)
+    write_quarantine(quarantined, out / QUARANTINE, key=key)
     written = [r for r in results if r["written"]]
     by_reason = dict(sorted(Counter(q.reason for q in quarantined).items()))
     worker_seconds: Counter[str] = Counter()

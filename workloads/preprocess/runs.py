@@ -177,21 +177,13 @@ def list_files(root: str | Path) -> list[str]:
     return sorted(found)
 
 
-def write_quarantine(records: Iterable[Quarantined], path: Path, key: bytes | None = None) -> None:
-    """``quarantine.parquet``: one row per refused file (:data:`QUARANTINE_FILE_SCHEMA`, the file by its
-    :func:`file_id` under ``key``), sorted by id (deterministic).
-
-    Without ``key`` the rows keep the relative path (:data:`QUARANTINE_SCHEMA`): the DICOM pipeline's
-    call until it passes its key (issue 16.6).
-    """
-    if key is None:
-        rows = sorted(records)
-        columns = [[r.path for r in rows], [r.reason for r in rows], [r.message for r in rows]]
-        schema = QUARANTINE_SCHEMA
-    else:
-        named = sorted((file_id(key, r.path), r.reason, r.message) for r in records)
-        columns = [list(c) for c in zip(*named)] if named else [[], [], []]
-        schema = QUARANTINE_FILE_SCHEMA
+def write_quarantine(records: Iterable[Quarantined], path: Path, key: bytes) -> None:
+    """``quarantine.parquet``: one row per refused file (:data:`QUARANTINE_FILE_SCHEMA`), the file named by
+    its :func:`file_id` under ``key``, never by its path (export folder names often hold patient names;
+    :func:`locate_files` maps ids back for whoever holds the key and the input), sorted by id."""
+    named = sorted((file_id(key, r.path), r.reason, r.message) for r in records)
+    columns = [list(c) for c in zip(*named)] if named else [[], [], []]
+    schema = QUARANTINE_FILE_SCHEMA
     write_parquet(pa.table([pa.array(c, f.type) for c, f in zip(columns, schema)], schema=schema), path)
 
 

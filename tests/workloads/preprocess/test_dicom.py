@@ -19,15 +19,18 @@ from medray.imaging.normalize import InputSpec
 from medray.privacy.pseudonym import key_id, pseudo_uid, pseudonym
 from tests.workloads.preprocess.helpers import PATIENTS, ROWS, SLICES, copy_dicom
 from workloads.preprocess.dicom import DicomOptions, preprocess_dicom
-from workloads.preprocess.runs import start_tasks_at_once
+from workloads.preprocess.runs import locate_files, start_tasks_at_once
 from workloads.preprocess.tasks import QUARANTINE_REASONS, pending_path
 
 PREP_NODE_TYPES = {"cpu-prep", "bulk-prep"}
 
 
-def quarantine(out: Path) -> dict[str, tuple[str, str]]:
+def quarantine(out: Path, root: Path, key: bytes) -> dict[str, tuple[str, str]]:
+    """The run's quarantine records by input path: they name files by keyed id only (issue 16.6)."""
     rows = pq.read_table(out / "quarantine.parquet").to_pylist()
-    return {r["path"]: (r["reason"], r["message"]) for r in rows}
+    assert rows and all("path" not in r for r in rows)
+    paths = locate_files(root, key, [r["file_id"] for r in rows])
+    return {paths[r["file_id"]]: (r["reason"], r["message"]) for r in rows}
 
 
 def outputs(out: Path) -> dict[str, bytes]:
@@ -74,7 +77,7 @@ def test_corrupted_files_land_in_quarantine_exactly(cohort, key, tmp_path, ray_c
     out = tmp_path / "out"
     summary = preprocess_dicom(root, out, key=key)
 
-    records = quarantine(out)
+    records = quarantine(out, root, key)
     assert {p: r for p, (r, _) in records.items() if p in damaged} == damaged
     affected = {p.split("/")[0] for p in damaged}
     others = {p: r for p, (r, _) in records.items() if p not in damaged}
@@ -118,7 +121,7 @@ def test_grouping_by_folder_or_by_scan_gives_the_same_output(cohort, key, tmp_pa
     assert by_folder[3]["series_spanning_folders"] == 2  # study_0004's and the reused UID's
     assert by_folder[3]["node_types"]["scan"] and sum(by_folder[3]["node_types"]["scan"].values()) == len(
         list(root.rglob("*.dcm")))
-    records = quarantine(tmp_path / "folder")
+    records = quarantine(tmp_path / "folder", root, key)
     assert {p: r for p, (r, _) in records.items() if p in damaged} == damaged
     assert records["study_0006/series_01/slice_000.dcm"][0] == "inconsistent_series"
     written = {p.stem for p in shard_files(tmp_path / "folder")}

@@ -19,6 +19,7 @@ from pydicom.data import get_testdata_files
 
 from tests.conftest import REPO
 from tests.workloads.preprocess.helpers import PATIENTS, canaries, copy_dicom
+from workloads.preprocess.runs import locate_files
 from workloads.preprocess.tasks import QUARANTINE_REASONS
 
 
@@ -76,10 +77,13 @@ def test_both_clis_succeed_and_print_a_summary(runs):
     assert "patients.parquet" in emr.stdout
 
 
-def test_every_pydicom_file_is_written_or_quarantined_with_a_reason(runs):
+def test_every_pydicom_file_is_written_or_quarantined_with_a_reason(runs, key):
     base, n_pydicom, _, _ = runs
     records = pq.read_table(base / "out/quarantine.parquet").to_pylist()
-    assert all(r["reason"] in QUARANTINE_REASONS and r["message"] for r in records)
+    assert all(r["reason"] in QUARANTINE_REASONS and r["message"] and "path" not in r for r in records)
+    paths = locate_files(base / "in", key, [r["file_id"] for r in records])
+    assert len(paths) == len(records)
+    records = [{**r, "path": paths[r["file_id"]]} for r in records]
     refused = {r["path"] for r in records if r["path"].startswith("pydicom/")}
     manifest = json.loads((base / "out/manifest.json").read_text())
     written_from_pydicom = manifest["counts"]["series"] - PATIENTS
