@@ -11,9 +11,8 @@ own process (never Ray Data, whose read tasks the cluster may place on any node)
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -56,9 +55,6 @@ class LocalTraining:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("local training needs epochs >= 1, batch_size >= 1 and lr > 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,3 @@ class SiteNode:
     def handle(self, message: Any) -> Any:
         """Run one Flower message through the ClientApp (mods included) and return its reply."""
         return self._app(message, self._context)
-
-    def releases(self) -> int:
-        """Updates this site has released (each spent one round of its privacy budget)."""
-        return self.filter.releases
