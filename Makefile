@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	# CPU build of torch first, unless a torch (e.g. your CUDA build) is already there.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	# Flower for federated training, without its dependencies (pyproject.toml says why).
+	$(PY) -m pip install -q --no-deps "flwr>=1.42,<1.43" "pycryptodome>=3.18,<4" "iterators>=0.0.2,<0.0.3"
 	# DALI's CPU backend is tested where its wheel installs (x86_64 Linux); elsewhere the torch path is.
 	$(PY) -m pip install -q -e ".[dev,dali]" || echo "nvidia-dali not installable here: DALI tests will skip"
 	touch $(STAMP)
