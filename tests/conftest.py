@@ -38,3 +38,17 @@ def serve_running() -> bool:
     except ValueError:
         return False
     return True
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A private Orthanc PACS with DICOMweb on free ports (medray.dicom.orthanc), stopped at the end;
+    the tests that need it skip, saying what to install, where Orthanc is not installed."""
+    from medray.dicom.orthanc import orthanc_missing, start_orthanc
+
+    missing = orthanc_missing()
+    if missing:
+        pytest.skip(missing)
+    pacs = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield pacs
+    pacs.stop()

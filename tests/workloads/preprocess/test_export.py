@@ -64,6 +64,22 @@ def test_every_instance_is_written_as_a_deidentified_part10_file(export_run, coh
     assert manifest["outputs"]["dicom"] == f"{EXPORT_DIR}/" and manifest["options"]["export_dicom"] is True
 
 
+def test_a_real_archive_accepts_the_export(export_run, orthanc):
+    """The export is what another archive takes as is: every file C-STOREd to a real Orthanc gets
+    status Success (0x0000), and Orthanc then holds each instance under its remapped UID."""
+    import httpx
+
+    from medray.dicom.net import store_instances
+
+    _, out, _ = export_run
+    datasets = [pydicom.dcmread(p) for p in sorted((out / EXPORT_DIR).rglob("*.dcm"))]
+    statuses = store_instances(datasets, host=orthanc.host, port=orthanc.dicom_port, called_aet=orthanc.aet)
+    assert statuses == [0x0000] * len(datasets)
+    for ds in datasets[:: max(1, len(datasets) // 5)]:
+        found = httpx.post(f"{orthanc.url}/tools/lookup", content=str(ds.SOPInstanceUID), timeout=10).json()
+        assert [f["Type"] for f in found] == ["Instance"], ds.SOPInstanceUID
+
+
 def test_a_compressed_series_gives_the_volume_of_its_uncompressed_original(export_run, clean_run, key):
     _, out, _ = export_run
     compressed = sorted((export_run[0] / COMPRESSED_SERIES).glob("*.dcm"))
