@@ -1,7 +1,7 @@
 """The simulator against a measured run: the local cluster's burst benchmark, simulated and compared.
 
 ``benchmarks/sim/local_burst.yaml`` is ``benchmarks/burst.py``'s scenario on ``medray up --local``'s
-8 nodes. :func:`calibrate` simulates it with medray's policy and compares the burst's figures with
+nodes (one per node type). :func:`calibrate` simulates it with medray's policy and compares the burst's figures with
 :data:`RECORDED`, the benchmark's measured medians in docs/benchmarks.md; the check passes when the
 reallocation time (burst start to borrowed replicas serving) and the emergency p99 during the burst
 are both within ``tolerance`` (25%) of the measured ones. The replica start and the run's release are
