@@ -319,7 +319,11 @@ class BrokerCore:
                 continue
             since = self._misplaced_since.setdefault(d.lane, d.at)
             if reclaim is None and now - since >= self.policy.pressure_grace_s:
-                units = min(d.borrowed, d.room)
+                # Never all of a lane's serving units at once: while a replacement starts at home,
+                # the others keep serving (stepping down every unit left the lane with none, its
+                # studies piled up, and the autoscaler scaled onto the lent nodes again). A lane
+                # of one unit moves it anyway: it would sit on the lent GPUs for ever.
+                units = min(d.borrowed, d.room, d.running - 1 if d.running > 1 else 1)
                 self._reclaims[d.lane] = [units, d.borrowed, now]
                 self.event(now, "reclaim", d.lane,
                            f"{d.borrowed} units on lent nodes while its own nodes have room for {d.room} "

@@ -183,14 +183,26 @@ def test_a_lane_left_on_lent_nodes_while_its_own_have_room_is_asked_to_step_down
     core.tick(10.0)
     assert not core.step_down("emergency")
     core.tick(11.0)
-    assert [core.step_down("emergency") for _ in range(3)] == [True, True, False]
+    # One at a time: the other keeps serving while the first one's replacement starts at home.
+    assert [core.step_down("emergency") for _ in range(2)] == [True, False]
+    core.report_demand(Demand("emergency", "emergency", pending=0, running=2, borrowed=1, room=1, at=12.0))
+    core.tick(12.0)
+    assert [core.step_down("emergency") for _ in range(2)] == [True, False]
     reclaim = [e for e in core.events if e.action == "reclaim"]
-    assert [(e.subject, e.reason) for e in reclaim] == [("emergency", "2 units on lent nodes while its own nodes "
-                                                         "have room for 2 for 1.0s; asks 2 to step down")]
+    assert [(e.subject, e.reason) for e in reclaim] == [
+        ("emergency", "2 units on lent nodes while its own nodes have room for 2 for 1.0s; asks 1 to step down"),
+        ("emergency", "1 units on lent nodes while its own nodes have room for 1 for 2.0s; asks 1 to step down")]
     # The replacements run at home: the calm time starts, then research gets its GPUs back.
     core.report_demand(Demand("emergency", "emergency", pending=0, running=2, borrowed=0, at=14.0))
     assert core.tick(14.0) == [] and actions(core.tick(19.0)) == [("resume", "r")]
-    assert [e.action for e in core.events].count("reclaim") == 1
+    assert [e.action for e in core.events].count("reclaim") == 2
+
+
+def test_a_lane_of_one_unit_on_a_lent_node_still_moves_home():
+    core = yielded_to_a_burst(released_at=2.0)
+    core.report_demand(Demand("emergency", "emergency", pending=0, running=1, borrowed=1, room=1, at=3.0))
+    core.tick(3.0), core.tick(4.0)
+    assert [core.step_down("emergency") for _ in range(2)] == [True, False]
 
 
 def test_no_unmet_while_ray_places_the_lane_on_gpus_just_released():
