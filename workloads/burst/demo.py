@@ -8,18 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from medray.demo.runner import DemoContext
-from medray.errors import ConfigError
 from workloads.burst.harness import DEMO_PLAN, BurstPlan, prepare_kit, run_phase
 from workloads.burst.report import format_table, plot_timeline
 
 __all__ = ["stage"]
 
-
-def _prep_outputs(ctx: DemoContext) -> tuple[Path, Path]:
-    for result in ctx.results.values():
-        if "volumes" in result and "emr" in result:
-            return Path(result["volumes"]).parent, Path(result["emr"]) / "diagnoses.parquet"
-    raise ConfigError("the burst stage trains on the preprocessing stage's outputs: run it first")
 
 
 # The burst's research run trains on this many of the cohort's patients: what matters is that it
@@ -48,7 +41,7 @@ def stage(ctx: DemoContext, *, plan: BurstPlan = DEMO_PLAN) -> dict[str, Any]:
     research run's GPUs and gives them back; a table and a timeline figure."""
     from medray.demo.report import FIGURES_DIR, figure_entry
 
-    data, labels = _prep_outputs(ctx)
+    data, labels = ctx.preprocessed("burst")
     data = research_slice(data, ctx.out / "burst" / "research-data")
     kit = prepare_kit(ctx.out / "burst", data, labels, plan, seed=ctx.seed)
     result = run_phase(kit, plan, broker=True, name="burst", say=ctx.say)

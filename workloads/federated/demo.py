@@ -76,19 +76,12 @@ def split_by_site(data: str | Path, labels: str | Path, out: str | Path,
     return roots
 
 
-def _prep_outputs(ctx: DemoContext) -> tuple[Path, Path]:
-    for result in ctx.results.values():
-        if "volumes" in result and "emr" in result:
-            return Path(result["volumes"]).parent, Path(result["emr"]) / "diagnoses.parquet"
-    raise ConfigError("the federated stage needs the preprocessing stage's outputs: run it first "
-                      "or pass data= and labels=")
-
 
 def stage(ctx: DemoContext, *, data: str | Path | None = None, labels: str | Path | None = None,
           rounds: int = DEMO_ROUNDS) -> dict[str, Any]:
     """Split the demo cohort by site, run ``rounds`` federated rounds on 3 sites, register the model."""
     if data is None or labels is None:
-        found_data, found_labels = _prep_outputs(ctx)
+        found_data, found_labels = ctx.preprocessed("federated", takes_paths=True)
         data, labels = data or found_data, labels or found_labels
     roots = split_by_site(data, labels, ctx.out / "sites")
     for site, root in roots.items():

@@ -20,7 +20,6 @@ from typing import Any
 from medray.demo import figures
 from medray.demo.report import FIGURES_DIR, figure_entry
 from medray.demo.runner import DemoContext
-from medray.errors import ConfigError
 from medray.scheduling.options import place
 from medray.scheduling.placement import WorkloadProfile
 from workloads.research.config import TrainConfig
@@ -35,13 +34,6 @@ __all__ = ["DEMO_EPOCHS", "DEMO_VAL_FRACTION", "stage"]
 DEMO_EPOCHS = 26
 DEMO_VAL_FRACTION = 0.25
 
-
-def _prep_outputs(ctx: DemoContext) -> tuple[Path, Path]:
-    for result in ctx.results.values():
-        if "volumes" in result and "emr" in result:
-            return Path(result["volumes"]).parent, Path(result["emr"]) / "diagnoses.parquet"
-    raise ConfigError("the training stage needs the preprocessing stage's outputs: run it first "
-                      "or pass data= and labels=")
 
 
 def _curves(ctx: DemoContext, result: TrainResult) -> dict[str, str]:
@@ -69,7 +61,7 @@ def stage(ctx: DemoContext, *, data: str | Path | None = None, labels: str | Pat
           epochs: int = DEMO_EPOCHS) -> dict[str, Any]:
     """Train on the demo cohort's shards and register ``nodule`` in ``ctx.registry``; a short summary."""
     if data is None or labels is None:
-        found_data, found_labels = _prep_outputs(ctx)
+        found_data, found_labels = ctx.preprocessed("training", takes_paths=True)
         data, labels = data or found_data, labels or found_labels
     # One worker with both of the machine's CPUs and the whole batch (BatchNorm learns slower on
     # small per-worker batches: docs/research.md); a checkpoint every 10 epochs and after the last.

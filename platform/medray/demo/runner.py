@@ -22,6 +22,7 @@ from typing import Any
 
 from medray.cluster.node_types import NodeType, load_node_types
 from medray.demo.report import write_report
+from medray.errors import ConfigError
 from medray.scheduling.options import place
 from medray.scheduling.placement import WorkloadProfile
 
@@ -58,6 +59,16 @@ class DemoContext:
     def split_file(self) -> Path:
         """The training stage's patient split: JSON ``{"model", "held_out", "train"}``, pseudonyms only."""
         return self.out / "split.json"
+
+    def preprocessed(self, stage: str, *, takes_paths: bool = False) -> tuple[Path, Path]:
+        """The preprocessing stage's outputs (the shards' folder, the de-identified diagnoses), for
+        ``stage`` (named in the error when that stage has not run; ``takes_paths``: the stage also
+        takes ``data=`` and ``labels=``, and the error says so)."""
+        for result in self.results.values():
+            if "volumes" in result and "emr" in result:
+                return Path(result["volumes"]).parent, Path(result["emr"]) / "diagnoses.parquet"
+        alternative = " or pass data= and labels=" if takes_paths else ""
+        raise ConfigError(f"the {stage} stage needs the preprocessing stage's outputs: run it first{alternative}")
 
     def say(self, text: str) -> None:
         print(text, flush=True)
